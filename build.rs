@@ -1,0 +1,37 @@
+//! Build script: compiles etcd 3.5's wire API (`proto/`) into Rust with prost + tonic,
+//! generating both servers (what Keel serves) and clients (what tests and benches use).
+
+use std::error::Error;
+use std::path::PathBuf;
+
+/// Every file is listed explicitly so that protoc sees imports by the same relative
+/// path they are declared with, which keeps the generated `super::` paths consistent.
+const PROTOS: &[&str] = &[
+    "proto/mvccpb/kv.proto",
+    "proto/authpb/auth.proto",
+    "proto/etcdserverpb/rpc.proto",
+    "proto/v3lockpb/v3lock.proto",
+    "proto/v3electionpb/v3election.proto",
+    "proto/grpc/health/v1/health.proto",
+];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=PROTOC");
+
+    let mut config = tonic_prost_build::Config::new();
+    // A fresh machine has no system protoc; an explicit PROTOC still wins so that
+    // packagers can pin their own compiler.
+    if std::env::var_os("PROTOC").is_none() {
+        let protoc: PathBuf = protoc_bin_vendored::protoc_bin_path()?;
+        config.protoc_executable(protoc);
+    }
+
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_with_config(
+        config,
+        PROTOS,
+        &["proto"],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! Server processes under test: the reference etcd 3.5.16 and the Keel binary, started with etcd's own
+//! flags on loopback ports of their own, each in a private temporary directory, and stopped by the pid
+//! of the child this harness started (never by name).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel::proto::etcdserverpb::kv_client::KvClient;
+use keel::proto::etcdserverpb::lease_client::LeaseClient;
+use keel::proto::etcdserverpb::RangeRequest;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a server gets to answer its first Range after being spawned.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound for any single RPC the harness makes.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a graceful stop may take before the child is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Both servers get the same member name, so that etcdctl output naming it compares equal.
+pub const MEMBER_NAME: &str = "compat";
+/// Lines of the server log quoted in start-up errors.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Failures of the harness itself (as opposed to differences between servers).
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{what} binary not found at {path} ({hint})")]
+    BinaryMissing { what: &'static str, path: PathBuf, hint: &'static str },
+    #[error("i/o error while {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{kind} did not start: {reason}\n--- last lines of {log} ---\n{tail}")]
+    StartFailed { kind: ServerKind, reason: String, log: PathBuf, tail: String },
+    #[error("could not connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl HarnessError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        HarnessError::Io { context: context.into(), source }
+    }
+}
+
+/// Which implementation a [`Server`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Etcd,
+    Keel,
+}
+
+impl std::fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServerKind::Etcd => "etcd",
+            ServerKind::Keel => "keel",
+        })
+    }
+}
+
+impl ServerKind {
+    /// `KEEL_COMPAT_CANDIDATE=etcd|keel` overrides `default` (handy to re-prove the harness on etcd).
+    pub fn from_env_or(default: ServerKind) -> ServerKind {
+        match std::env::var("KEEL_COMPAT_CANDIDATE").as_deref() {
+            Ok("etcd") => ServerKind::Etcd,
+            Ok("keel") => ServerKind::Keel,
+            _ => default,
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Directory holding etcd, etcdctl and etcdutl 3.5.16.
+pub fn etcd_bin_dir() -> PathBuf {
+    match std::env::var_os("KEEL_ETCD_BIN_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => workspace_root().join(".tools/etcd/usr/bin"),
+    }
+}
+
+/// Path of the stock etcdctl 3.5.16.
+pub fn etcdctl_path() -> PathBuf {
+    etcd_bin_dir().join("etcdctl")
+}
+
+/// Path of the Keel server binary.
+pub fn keel_bin() -> PathBuf {
+    match std::env::var_os("KEEL_BIN") {
+        Some(bin) if !bin.is_empty() => PathBuf::from(bin),
+        _ => workspace_root().join("target/debug/keel"),
+    }
+}
+
+/// Asks the kernel for a free loopback port. The listener is closed before the server binds it, so
+/// another process could take it meanwhile; [`Server::start`] retries with new ports if that happens.
+fn free_port() -> Result<u16, HarnessError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("binding port 0", e))?;
+    let port = listener.local_addr().map_err(|e| HarnessError::io("reading a bound port", e))?.port();
+    Ok(port)
+}
+
+/// Two distinct free ports (client, peer).
+fn free_port_pair() -> Result<(u16, u16), HarnessError> {
+    // Holding the first listener while asking for the second keeps the two from coinciding.
+    let first = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("binding port 0", e))?;
+    let client = first.local_addr().map_err(|e| HarnessError::io("reading a bound port", e))?.port();
+    let peer = free_port()?;
+    drop(first);
+    Ok((client, peer))
+}
+
+/// Last `lines` lines of a file, for error messages; never fails.
+fn file_tail(path: &Path, lines: usize) -> String {
+    const MAX_BYTES: u64 = 64 * 1024;
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(path) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(MAX_BYTES)));
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Connects a channel to `endpoint` with harness timeouts on connect and on every request.
+pub async fn connect(endpoint: &str) -> Result<Channel, HarnessError> {
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| HarnessError::Connect { endpoint: endpoint.to_string(), reason: e.to_string() })?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(RPC_TIMEOUT);
+    match tokio::time::timeout(Duration::from_secs(3), ep.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(HarnessError::Connect { endpoint: endpoint.to_string(), reason: format!("{e:?}") }),
+        Err(_) => {
+            Err(HarnessError::Connect { endpoint: endpoint.to_string(), reason: "connect timed out".to_string() })
+        }
+    }
+}
+
+/// A running (or stopped, between restarts) server process owned by this harness.
+pub struct Server {
+    kind: ServerKind,
+    binary: PathBuf,
+    dir: Option<tempfile::TempDir>,
+    dir_path: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts the reference etcd from `$KEEL_ETCD_BIN_DIR`.
+    pub async fn etcd() -> Result<Server, HarnessError> {
+        Server::start(ServerKind::Etcd).await
+    }
+
+    /// Starts the Keel binary from `$KEEL_BIN`.
+    pub async fn keel() -> Result<Server, HarnessError> {
+        Server::start(ServerKind::Keel).await
+    }
+
+    /// Starts a fresh single-member server of the given kind with an empty data directory.
+    pub async fn start(kind: ServerKind) -> Result<Server, HarnessError> {
+        let binary = match kind {
+            ServerKind::Etcd => etcd_bin_dir().join("etcd"),
+            ServerKind::Keel => keel_bin(),
+        };
+        if !binary.is_file() {
+            return Err(HarnessError::BinaryMissing {
+                what: match kind {
+                    ServerKind::Etcd => "etcd",
+                    ServerKind::Keel => "keel",
+                },
+                path: binary,
+                hint: match kind {
+                    ServerKind::Etcd => "run scripts/install-test-deps.sh or set KEEL_ETCD_BIN_DIR",
+                    ServerKind::Keel => "run `cargo build` or set KEEL_BIN",
+                },
+            });
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("keel-compat-{kind}-"))
+            .tempdir()
+            .map_err(|e| HarnessError::io("creating a temp dir", e))?;
+        let dir_path = dir.path().to_path_buf();
+        let mut server = Server { kind, binary, dir: Some(dir), dir_path, client_port: 0, peer_port: 0, child: None };
+        // A port picked by free_port_pair can be taken by someone else before the server binds it:
+        // only that failure is retried, with new ports and a clean data directory.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (client, peer) = free_port_pair()?;
+            server.client_port = client;
+            server.peer_port = peer;
+            match server.spawn_and_wait().await {
+                Ok(()) => return Ok(server),
+                Err(err) => {
+                    let port_clash = matches!(&err, HarnessError::StartFailed { tail, .. }
+                        if tail.contains("address already in use") || tail.contains("Address already in use"));
+                    if !port_clash || attempt >= 3 {
+                        return Err(err);
+                    }
+                    server.kill_child();
+                    let data = server.data_dir();
+                    if data.exists() {
+                        std::fs::remove_dir_all(&data).map_err(|e| HarnessError::io("clearing the data dir", e))?;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn kind(&self) -> ServerKind {
+        self.kind
+    }
+
+    /// `http://127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:<client port>`, the form etcdctl's `--endpoints` takes.
+    pub fn client_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Pid of the running child, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir_path.join("data")
+    }
+
+    /// File receiving the child's stdout and stderr (appended across restarts).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir_path.join("server.log")
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        file_tail(&self.log_path(), lines)
+    }
+
+    /// Keeps the temporary directory after the server is dropped (for post-mortems); returns it.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        if let Some(dir) = self.dir.take() {
+            return dir.keep();
+        }
+        self.dir_path.clone()
+    }
+
+    /// A KV client on a fresh channel, with no response size limit (values may be large).
+    pub async fn kv(&self) -> Result<KvClient<Channel>, HarnessError> {
+        Ok(KvClient::new(connect(&self.endpoint()).await?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// A Lease client on a fresh channel.
+    pub async fn lease(&self) -> Result<LeaseClient<Channel>, HarnessError> {
+        Ok(LeaseClient::new(connect(&self.endpoint()).await?))
+    }
+
+    /// SIGKILLs the child (by its pid) and reaps it; the server stays down until [`Server::restart`].
+    pub fn kill9(&mut self) -> Result<(), HarnessError> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().map_err(|e| HarnessError::io(format!("killing pid {}", child.id()), e))?;
+            child.wait().map_err(|e| HarnessError::io(format!("reaping pid {}", child.id()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the child gracefully (SIGTERM, then SIGKILL after a grace period).
+    pub async fn stop(&mut self) -> Result<(), HarnessError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = child.id();
+        // std can only send SIGKILL; the shell's builtin `kill` sends SIGTERM to exactly this pid.
+        let _ = Command::new("sh")
+            .args(["-c", "kill -TERM \"$1\"", "sh", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Stops the server if it runs, then starts it again on the same data dir and ports.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop().await?;
+        self.spawn_and_wait().await
+    }
+
+    /// Spawns the child with etcd's flags and waits until a Range answers.
+    async fn spawn_and_wait(&mut self) -> Result<(), HarnessError> {
+        let log_path = self.log_path();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| HarnessError::io(format!("opening {}", log_path.display()), e))?;
+        let log_err = log.try_clone().map_err(|e| HarnessError::io("duplicating the log handle", e))?;
+        let client_url = self.endpoint();
+        let peer_url = self.peer_url();
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--name")
+            .arg(MEMBER_NAME)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("{MEMBER_NAME}={peer_url}"))
+            .current_dir(&self.dir_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        // Configuration must come from the flags above only, identically for both servers.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(&key);
+            }
+        }
+        let child = cmd.spawn().map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))?;
+        self.child = Some(child);
+        match self.wait_ready().await {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                self.kill_child();
+                Err(HarnessError::StartFailed {
+                    kind: self.kind,
+                    reason,
+                    log: log_path.clone(),
+                    tail: file_tail(&log_path, LOG_TAIL_LINES),
+                })
+            }
+        }
+    }
+
+    /// Polls with a Range until the server answers one, the child exits, or START_TIMEOUT passes.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last_error = String::from("no attempt made");
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                match child.try_wait() {
+                    Ok(Some(status)) => return Err(format!("process exited with {status}")),
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("waiting on the process: {e}")),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no Range answered within {START_TIMEOUT:?}; last error: {last_error}"));
+            }
+            match self.probe().await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_error = e,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let channel = connect(&self.endpoint()).await.map_err(|e| e.to_string())?;
+        let mut kv = KvClient::new(channel);
+        let request = RangeRequest { key: b"compat-readiness-probe".to_vec(), ..Default::default() };
+        match tokio::time::timeout(Duration::from_secs(2), kv.range(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => Err("Range timed out".to_string()),
+        }
+    }
+
+    fn kill_child(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill_child();
+        if std::env::var_os("KEEL_COMPAT_KEEP").is_some() {
+            let kept = self.keep_dir();
+            eprintln!("compat: kept {} dir {}", self.kind, kept.display());
+        }
+    }
+}

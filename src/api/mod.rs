@@ -1,0 +1,43 @@
+//! THE EDGE: one file per etcd service. Handlers only decode, validate, call `propose` or `read`,
+//! and map errors (through `status.rs`).
+
+pub mod cluster;
+pub mod header;
+pub mod health;
+pub mod kv;
+pub mod maintenance;
+pub mod pending;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+
+use tonic::service::Routes;
+
+use crate::node::Node;
+use crate::proto::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::proto::health::health_server::HealthServer;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
+
+/// Every etcd service, with etcd's message size limits: requests up to `max_recv` bytes
+/// (`--max-request-bytes` + 512 KiB), responses of any size.
+pub fn routes(node: Arc<Node>, max_recv: usize) -> Routes {
+    macro_rules! limited {
+        ($svc:expr) => {
+            $svc.max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX)
+        };
+    }
+    Routes::new(limited!(KvServer::new(kv::KvService::new(node.clone()))))
+        .add_service(limited!(WatchServer::new(pending::PendingWatch)))
+        .add_service(limited!(LeaseServer::new(pending::PendingLease)))
+        .add_service(limited!(ClusterServer::new(cluster::ClusterService::new(node.clone()))))
+        .add_service(limited!(MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))))
+        .add_service(limited!(AuthServer::new(pending::PendingAuth)))
+        .add_service(limited!(LockServer::new(pending::PendingLock)))
+        .add_service(limited!(ElectionServer::new(pending::PendingElection)))
+        .add_service(HealthServer::new(health::HealthService))
+}

@@ -1,0 +1,261 @@
+//! Services whose behaviour arrives with later issues (watch and lease, auth, lock and
+//! election). Registered now so every etcd method name resolves; each answers gRPC `Unimplemented`
+//! until its issue lands, as a client of an etcd without that feature would see.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::etcdserverpb as pb;
+use crate::proto::{v3electionpb, v3lockpb};
+
+/// A server stream as the generated service traits want it.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+pub fn not_yet(method: &str) -> Status {
+    Status::unimplemented(format!("keel does not serve {method} yet"))
+}
+
+/// `Watch`: not served yet.
+pub struct PendingWatch;
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for PendingWatch {
+    type WatchStream = BoxStream<pb::WatchResponse>;
+
+    async fn watch(
+        &self,
+        _request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(not_yet("Watch.Watch"))
+    }
+}
+
+/// `Lease`: not served yet.
+pub struct PendingLease;
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for PendingLease {
+    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
+
+    async fn lease_grant(
+        &self,
+        _request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        Err(not_yet("Lease.LeaseGrant"))
+    }
+
+    async fn lease_revoke(
+        &self,
+        _request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        Err(not_yet("Lease.LeaseRevoke"))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        _request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        Err(not_yet("Lease.LeaseKeepAlive"))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        _request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        Err(not_yet("Lease.LeaseTimeToLive"))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        Err(not_yet("Lease.LeaseLeases"))
+    }
+}
+
+/// `Auth`: not served yet.
+pub struct PendingAuth;
+
+#[tonic::async_trait]
+impl pb::auth_server::Auth for PendingAuth {
+    async fn auth_enable(
+        &self,
+        _request: Request<pb::AuthEnableRequest>,
+    ) -> Result<Response<pb::AuthEnableResponse>, Status> {
+        Err(not_yet("Auth.AuthEnable"))
+    }
+
+    async fn auth_disable(
+        &self,
+        _request: Request<pb::AuthDisableRequest>,
+    ) -> Result<Response<pb::AuthDisableResponse>, Status> {
+        Err(not_yet("Auth.AuthDisable"))
+    }
+
+    async fn auth_status(
+        &self,
+        _request: Request<pb::AuthStatusRequest>,
+    ) -> Result<Response<pb::AuthStatusResponse>, Status> {
+        Err(not_yet("Auth.AuthStatus"))
+    }
+
+    async fn authenticate(
+        &self,
+        _request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        Err(not_yet("Auth.Authenticate"))
+    }
+
+    async fn user_add(
+        &self,
+        _request: Request<pb::AuthUserAddRequest>,
+    ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
+        Err(not_yet("Auth.UserAdd"))
+    }
+
+    async fn user_get(
+        &self,
+        _request: Request<pb::AuthUserGetRequest>,
+    ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
+        Err(not_yet("Auth.UserGet"))
+    }
+
+    async fn user_list(
+        &self,
+        _request: Request<pb::AuthUserListRequest>,
+    ) -> Result<Response<pb::AuthUserListResponse>, Status> {
+        Err(not_yet("Auth.UserList"))
+    }
+
+    async fn user_delete(
+        &self,
+        _request: Request<pb::AuthUserDeleteRequest>,
+    ) -> Result<Response<pb::AuthUserDeleteResponse>, Status> {
+        Err(not_yet("Auth.UserDelete"))
+    }
+
+    async fn user_change_password(
+        &self,
+        _request: Request<pb::AuthUserChangePasswordRequest>,
+    ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
+        Err(not_yet("Auth.UserChangePassword"))
+    }
+
+    async fn user_grant_role(
+        &self,
+        _request: Request<pb::AuthUserGrantRoleRequest>,
+    ) -> Result<Response<pb::AuthUserGrantRoleResponse>, Status> {
+        Err(not_yet("Auth.UserGrantRole"))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        _request: Request<pb::AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<pb::AuthUserRevokeRoleResponse>, Status> {
+        Err(not_yet("Auth.UserRevokeRole"))
+    }
+
+    async fn role_add(
+        &self,
+        _request: Request<pb::AuthRoleAddRequest>,
+    ) -> Result<Response<pb::AuthRoleAddResponse>, Status> {
+        Err(not_yet("Auth.RoleAdd"))
+    }
+
+    async fn role_get(
+        &self,
+        _request: Request<pb::AuthRoleGetRequest>,
+    ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
+        Err(not_yet("Auth.RoleGet"))
+    }
+
+    async fn role_list(
+        &self,
+        _request: Request<pb::AuthRoleListRequest>,
+    ) -> Result<Response<pb::AuthRoleListResponse>, Status> {
+        Err(not_yet("Auth.RoleList"))
+    }
+
+    async fn role_delete(
+        &self,
+        _request: Request<pb::AuthRoleDeleteRequest>,
+    ) -> Result<Response<pb::AuthRoleDeleteResponse>, Status> {
+        Err(not_yet("Auth.RoleDelete"))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        _request: Request<pb::AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<pb::AuthRoleGrantPermissionResponse>, Status> {
+        Err(not_yet("Auth.RoleGrantPermission"))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        _request: Request<pb::AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<pb::AuthRoleRevokePermissionResponse>, Status> {
+        Err(not_yet("Auth.RoleRevokePermission"))
+    }
+}
+
+/// `Lock`: not served yet.
+pub struct PendingLock;
+
+#[tonic::async_trait]
+impl v3lockpb::lock_server::Lock for PendingLock {
+    async fn lock(&self, _request: Request<v3lockpb::LockRequest>) -> Result<Response<v3lockpb::LockResponse>, Status> {
+        Err(not_yet("Lock.Lock"))
+    }
+
+    async fn unlock(
+        &self,
+        _request: Request<v3lockpb::UnlockRequest>,
+    ) -> Result<Response<v3lockpb::UnlockResponse>, Status> {
+        Err(not_yet("Lock.Unlock"))
+    }
+}
+
+/// `Election`: not served yet.
+pub struct PendingElection;
+
+#[tonic::async_trait]
+impl v3electionpb::election_server::Election for PendingElection {
+    type ObserveStream = BoxStream<v3electionpb::LeaderResponse>;
+
+    async fn campaign(
+        &self,
+        _request: Request<v3electionpb::CampaignRequest>,
+    ) -> Result<Response<v3electionpb::CampaignResponse>, Status> {
+        Err(not_yet("Election.Campaign"))
+    }
+
+    async fn proclaim(
+        &self,
+        _request: Request<v3electionpb::ProclaimRequest>,
+    ) -> Result<Response<v3electionpb::ProclaimResponse>, Status> {
+        Err(not_yet("Election.Proclaim"))
+    }
+
+    async fn leader(
+        &self,
+        _request: Request<v3electionpb::LeaderRequest>,
+    ) -> Result<Response<v3electionpb::LeaderResponse>, Status> {
+        Err(not_yet("Election.Leader"))
+    }
+
+    async fn observe(
+        &self,
+        _request: Request<v3electionpb::LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        Err(not_yet("Election.Observe"))
+    }
+
+    async fn resign(
+        &self,
+        _request: Request<v3electionpb::ResignRequest>,
+    ) -> Result<Response<v3electionpb::ResignResponse>, Status> {
+        Err(not_yet("Election.Resign"))
+    }
+}

@@ -1,0 +1,21 @@
+//! Keel: an etcd v3 server. Clients speak etcd 3.5's gRPC API to `api` (the edge), which validates
+//! and maps errors; writes become one raft command each (`propose`) that openraft (`raft`) makes
+//! durable in our write-ahead log (`wal`) and hands, once committed, to `apply`, which runs it
+//! deterministically against the revisioned store (`mvcc`) kept behind one storage trait
+//! (`storage`, sled or redb). Reads (`read`) confirm leadership through raft's read index and then
+//! read `mvcc` directly, never through the log. `node` is the handle every service shares, `server`
+//! boots and stops it all, `config` speaks etcd's flags.
+
+pub mod api;
+pub mod apply;
+pub mod config;
+pub mod error;
+pub mod mvcc;
+pub mod node;
+pub mod propose;
+pub mod proto;
+pub mod raft;
+pub mod read;
+pub mod server;
+pub mod storage;
+pub mod wal;

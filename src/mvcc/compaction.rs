@@ -1,0 +1,140 @@
+//! Physical compaction: deleting the rows a compaction made unreachable, in the background, the
+//! way etcd's `scheduleCompaction` does (1000 rows per batch, a 10 ms pause between batches so
+//! the writer and readers keep flowing, `finishedCompactRev` written with the last batch).
+//! Compactions run one after another in the order they were started.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use super::revision::{encode_meta_rev, Revision};
+use super::{FINISHED_COMPACT_KEY, KV_TABLE, META_TABLE};
+use crate::error::{Error, Result};
+use crate::storage::{Engine, WriteBatch};
+
+/// Rows examined per delete batch (etcd's `compactionBatchLimit`).
+const BATCH_ROWS: usize = 1000;
+/// Pause between batches (etcd's default `compactionSleepInterval`).
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
+
+/// Where one compaction's row deletion stands. `wait` blocks until it is over.
+#[derive(Clone)]
+pub struct CompactionHandle {
+    revision: i64,
+    job: Arc<Job>,
+}
+
+impl std::fmt::Debug for CompactionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompactionHandle").field("revision", &self.revision).field("done", &self.is_done()).finish()
+    }
+}
+
+#[derive(Default)]
+struct Job {
+    /// None while running; the outcome (error as text, since errors are not Clone) when over.
+    outcome: Mutex<Option<std::result::Result<(), String>>>,
+    done: Condvar,
+}
+
+impl CompactionHandle {
+    /// The revision compacted at.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Block until the obsolete rows are deleted and `finishedCompactRev` is written. An error
+    /// means our storage failed during the deletion.
+    pub fn wait(&self) -> Result<()> {
+        let mut outcome = self.job.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(result) = outcome.as_ref() {
+                return result.clone().map_err(Error::Storage);
+            }
+            outcome = self.job.done.wait(outcome).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// True once the deletion is over (successfully or not).
+    pub fn is_done(&self) -> bool {
+        self.job.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    fn finish(&self, result: Result<()>) {
+        let mut outcome = self.job.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        *outcome = Some(result.map_err(|e| e.to_string()));
+        self.job.done.notify_all();
+    }
+}
+
+/// Chains compaction jobs so each starts after the previous one is over.
+#[derive(Default)]
+pub(crate) struct Compactor {
+    last: Mutex<Option<CompactionHandle>>,
+}
+
+impl Compactor {
+    /// Start deleting the rows at or below `rev` that are not in `keep`.
+    pub(crate) fn start(&self, engine: Arc<dyn Engine>, rev: i64, keep: HashSet<Revision>) -> CompactionHandle {
+        let handle = CompactionHandle { revision: rev, job: Arc::new(Job::default()) };
+        let previous = self.last.lock().unwrap_or_else(|p| p.into_inner()).replace(handle.clone());
+        let worker = handle.clone();
+        let spawned = thread::Builder::new().name(format!("mvcc-compact-{rev}")).spawn(move || {
+            if let Some(previous) = previous {
+                // Its failure is reported to its own waiters; ours still has to run.
+                let _ = previous.wait();
+            }
+            worker.finish(delete_obsolete_rows(engine.as_ref(), rev, &keep));
+        });
+        if let Err(e) = spawned {
+            handle.finish(Err(Error::Internal(format!("cannot start the compaction thread: {e}"))));
+        }
+        handle
+    }
+}
+
+/// Delete, batch by batch, every row at or below `rev` whose revision is not in `keep`, then
+/// record `rev` as finished.
+fn delete_obsolete_rows(engine: &dyn Engine, rev: i64, keep: &HashSet<Revision>) -> Result<()> {
+    let end = Revision::row_key_floor(rev.saturating_add(1));
+    let mut start: Vec<u8> = Vec::new();
+    loop {
+        let mut batch = WriteBatch::default();
+        let mut seen = 0usize;
+        let mut last = None;
+        let mut bad_row = None;
+        engine.scan(KV_TABLE, &start, Some(&end), &mut |k, _| {
+            seen += 1;
+            match Revision::from_row_key(k) {
+                Ok((r, _)) if keep.contains(&r) => {}
+                Ok(_) => {
+                    batch.delete(KV_TABLE, k.to_vec());
+                }
+                Err(e) => {
+                    bad_row = Some(e);
+                    return false;
+                }
+            }
+            last = Some(k.to_vec());
+            seen < BATCH_ROWS
+        })?;
+        if let Some(e) = bad_row {
+            return Err(e);
+        }
+        let finished = seen < BATCH_ROWS;
+        if finished {
+            batch.put(META_TABLE, FINISHED_COMPACT_KEY, encode_meta_rev(rev));
+        }
+        engine.write(batch)?;
+        match last {
+            Some(mut next) if !finished => {
+                // The smallest key after `next`.
+                next.push(0);
+                start = next;
+            }
+            _ => return Ok(()),
+        }
+        thread::sleep(BATCH_PAUSE);
+    }
+}

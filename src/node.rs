@@ -1,0 +1,137 @@
+//! The handle every service holds: this member's identity, its raft, and the stores behind it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use sha1::{Digest, Sha1};
+
+use crate::apply::applier::Applier;
+use crate::mvcc::MvccStore;
+use crate::raft::log_store::LogStore;
+use crate::raft::types::Raft;
+use crate::storage::Engine;
+
+/// One member as etcd's Cluster API reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// Limits the edge enforces before a request reaches raft.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    /// How long a proposal may wait for its result (etcd: 5 s + 2 × election timeout).
+    pub request_timeout: Duration,
+}
+
+pub struct Node {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub name: String,
+    pub members: Vec<MemberInfo>,
+    pub limits: Limits,
+    pub raft: Raft,
+    pub applier: Arc<Applier>,
+    pub log_store: LogStore,
+    pub request_ids: RequestIds,
+}
+
+impl Node {
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn mvcc(&self) -> Arc<MvccStore> {
+        self.applier.mvcc()
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        self.applier.engine()
+    }
+
+    /// Raft's view right now: (term, leader, is this member the leader, committed index, applied index).
+    pub fn raft_status(&self) -> RaftStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        RaftStatus {
+            term: m.current_term,
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            last_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+        }
+    }
+}
+
+/// Ids for proposals. They only need to be unique among this member's in-flight proposals;
+/// seeding with the clock keeps them unique across restarts too, as etcd's id generator does.
+pub struct RequestIds(AtomicU64);
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        RequestIds(AtomicU64::new(seed))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RaftStatus {
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    pub last_index: u64,
+    pub applied_index: u64,
+}
+
+/// etcd's member id: the first 8 bytes (big-endian) of sha1 over the sorted peer URLs joined
+/// without separator, followed by the cluster token.
+pub fn member_id(peer_urls: &[String], cluster_token: &str) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let mut h = Sha1::new();
+    h.update(urls.concat().as_bytes());
+    h.update(cluster_token.as_bytes());
+    first_u64(&h.finalize())
+}
+
+/// etcd's cluster id: sha1 over the sorted member ids, each as 8 big-endian bytes.
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let mut h = Sha1::new();
+    for id in ids {
+        h.update(id.to_be_bytes());
+    }
+    first_u64(&h.finalize())
+}
+
+fn first_u64(digest: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_match_etcd_for_the_default_single_member() {
+        // `etcd` with no flags reports member 8e9e05c52164694d in cluster cdf818194e3a8c32.
+        let id = member_id(&["http://localhost:2380".to_string()], "etcd-cluster");
+        assert_eq!(format!("{id:x}"), "8e9e05c52164694d");
+        assert_eq!(format!("{:x}", cluster_id(&[id])), "cdf818194e3a8c32");
+    }
+}

@@ -1,0 +1,44 @@
+//! The write path before the log: wrap a validated request in the one raft command, propose it,
+//! and wait for its applied result — within etcd's request timeout and size limit.
+
+use openraft::error::{ClientWriteError, RaftError};
+
+use crate::apply::command::{CommandHeader, RaftCommand, Request, Response};
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+/// etcd refuses new proposals while apply lags this far behind commit (`etcdserver: too many requests`).
+const MAX_APPLY_LAG: u64 = 5000;
+
+/// Propose `request` through raft and return what apply made of it, with the command id (used to
+/// find side results such as a physical compaction's progress).
+pub async fn propose(node: &Node, request: Request) -> Result<(Response, u64)> {
+    let id = node.next_request_id();
+    let command = RaftCommand { header: CommandHeader { id, ..Default::default() }, request };
+    if command.encoded_len() > node.limits.max_request_bytes {
+        return Err(Error::RequestTooLarge);
+    }
+    let status = node.raft_status();
+    if status.last_index > status.applied_index + MAX_APPLY_LAG {
+        return Err(Error::TooManyRequests);
+    }
+    let written = tokio::time::timeout(node.limits.request_timeout, node.raft.client_write(command)).await;
+    match written {
+        Err(_) => Err(Error::Timeout),
+        Ok(Err(e)) => Err(map_write_error(e)),
+        Ok(Ok(resp)) => Ok((resp.data.outcome.map_err(Error::from)?, id)),
+    }
+}
+
+fn map_write_error(
+    e: RaftError<crate::raft::types::TypeConfig, ClientWriteError<crate::raft::types::TypeConfig>>,
+) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            None => Error::NoLeader,
+            Some(_) => Error::NotLeader,
+        },
+        RaftError::APIError(other) => Error::Internal(other.to_string()),
+        RaftError::Fatal(_) => Error::Stopped,
+    }
+}

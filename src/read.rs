@@ -1,0 +1,36 @@
+//! The read path: a linearizable read first confirms leadership and waits for apply to catch up
+//! (etcd's ReadIndex); a serializable read answers from local state at once.
+
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
+
+use crate::error::{Error, Result};
+use crate::mvcc::RangeResult;
+use crate::node::Node;
+use crate::proto::etcdserverpb::RangeRequest;
+
+/// Wait until this member's state reflects every write committed before the call.
+pub async fn linearizable_barrier(node: &Node) -> Result<()> {
+    let read =
+        tokio::time::timeout(node.limits.request_timeout, node.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+    match read {
+        Err(_) => Err(Error::Timeout),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => match f.leader_id {
+            None => Err(Error::NoLeader),
+            Some(_) => Err(Error::NotLeader),
+        },
+        Ok(Err(RaftError::APIError(other))) => Err(Error::Internal(other.to_string())),
+        Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+    }
+}
+
+/// Range as etcd serves it; returns the result and the store revision to report in the header.
+pub async fn range(node: &Node, req: &RangeRequest) -> Result<(RangeResult, i64)> {
+    if !req.serializable {
+        linearizable_barrier(node).await?;
+    }
+    let mvcc = node.mvcc();
+    let result = mvcc.range(req)?;
+    Ok((result, mvcc.current_revision()))
+}

@@ -1,0 +1,150 @@
+//! Boot and graceful shutdown (mini-redis style `run(config, shutdown)`): open storage, start raft,
+//! mount the services on every client listener, serve until `shutdown` resolves.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::apply::applier::Applier;
+use crate::config::Config;
+use crate::node::{self, Limits, MemberInfo, Node};
+use crate::raft::types::PeerNode;
+use crate::raft::{self, RaftSettings};
+
+/// A started server: where it listens, and how to wait for it to stop.
+pub struct Running {
+    pub client_addrs: Vec<SocketAddr>,
+    pub node: Arc<Node>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Wait until the server has stopped (after the shutdown future resolved) and flushed.
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        self.task.await.context("server task")?
+    }
+}
+
+/// Run until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    start(config, shutdown).await?.stopped().await
+}
+
+/// Bind, boot and start serving; returns once the server is ready for clients.
+pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Running> {
+    let listeners = bind_all(&config.client_listen_addrs()).await?;
+    let client_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+
+    let token = config.initial_cluster_token.clone();
+    let mut members = Vec::new();
+    for (name, peer_urls) in config.initial_cluster_members() {
+        let id = node::member_id(&peer_urls, &token);
+        let client_urls = if name == config.name {
+            config.advertise_client_urls.iter().map(|u| u.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        members.push(MemberInfo { id, name, peer_urls, client_urls, is_learner: false });
+    }
+    let me = members
+        .iter()
+        .find(|m| m.name == config.name)
+        .cloned()
+        .with_context(|| format!("--name {} is not in --initial-cluster", config.name))?;
+    let cluster_id = node::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
+
+    let data_dir = PathBuf::from(&config.data_dir);
+    let kind: crate::storage::EngineKind = config.storage_engine.as_str().parse()?;
+    let engine = crate::storage::open(kind, &data_dir.join("member").join("db"))
+        .with_context(|| format!("open storage in {}", data_dir.display()))?;
+    let applier = Arc::new(Applier::open(engine.clone()).context("open mvcc store")?);
+
+    let peer = |m: &MemberInfo| PeerNode {
+        name: m.name.clone(),
+        peer_urls: m.peer_urls.clone(),
+        client_urls: m.client_urls.clone(),
+    };
+    let initial: BTreeMap<u64, PeerNode> = members.iter().map(|m| (m.id, peer(m))).collect();
+    let settings = RaftSettings {
+        heartbeat: config.heartbeat_interval(),
+        election_timeout: config.election_timeout(),
+        snapshot_count: config.snapshot_count,
+    };
+    let (raft, log_store) = raft::start(me.id, peer(&me), initial, &data_dir, applier.clone(), &settings).await?;
+
+    let limits = Limits {
+        max_request_bytes: config.max_request_bytes as usize,
+        max_txn_ops: config.max_txn_ops as usize,
+        request_timeout: Duration::from_secs(5) + 2 * config.election_timeout(),
+    };
+    let node = Arc::new(Node {
+        member_id: me.id,
+        cluster_id,
+        name: config.name.clone(),
+        members,
+        limits,
+        raft,
+        applier,
+        log_store,
+        request_ids: Default::default(),
+    });
+    wait_for_leader(&node, Duration::from_secs(30)).await?;
+
+    let routes = crate::api::routes(node.clone(), config.grpc_max_recv_bytes());
+    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new));
+    let serving_node = node.clone();
+    let task = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        let stopped = shut_down(&serving_node).await;
+        served.context("serve clients")?;
+        stopped
+    });
+    tracing::info!(
+        name = %config.name,
+        member_id = %format!("{:x}", me.id),
+        cluster_id = %format!("{cluster_id:x}"),
+        addrs = ?client_addrs,
+        "ready to serve client requests"
+    );
+    Ok(Running { client_addrs, node, task })
+}
+
+async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        out.push(TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?);
+    }
+    Ok(out)
+}
+
+async fn wait_for_leader(node: &Node, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while node.raft_status().leader.is_none() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no raft leader elected within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Stop raft, then make what it applied durable and stop the WAL writer.
+async fn shut_down(node: &Node) -> anyhow::Result<()> {
+    node.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    node.engine().sync().context("sync storage")?;
+    node.log_store.close();
+    tracing::info!("stopped");
+    Ok(())
+}
