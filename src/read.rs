@@ -25,12 +25,11 @@ pub async fn linearizable_barrier(node: &Node) -> Result<()> {
     }
 }
 
-/// Range as etcd serves it; returns the result and the store revision to report in the header.
-pub async fn range(node: &Node, req: &RangeRequest) -> Result<(RangeResult, i64)> {
+/// Range as etcd serves it; the result carries the store revision the read saw, which is what the
+/// header reports (even when reading an older revision).
+pub async fn range(node: &Node, req: &RangeRequest) -> Result<RangeResult> {
     if !req.serializable {
         linearizable_barrier(node).await?;
     }
-    let mvcc = node.mvcc();
-    let result = mvcc.range(req)?;
-    Ok((result, mvcc.current_revision()))
+    node.mvcc().range(req)
 }

@@ -36,9 +36,9 @@ impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::range(&req).map_err(to_status)?;
-        let (result, revision) = read::range(&self.node, &req).await.map_err(to_status)?;
+        let result = read::range(&self.node, &req).await.map_err(to_status)?;
         Ok(Response::new(RangeResponse {
-            header: Some(header::header(&self.node, revision)),
+            header: Some(header::header(&self.node, result.revision)),
             kvs: result.kvs,
             more: result.more,
             count: result.count,

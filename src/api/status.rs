@@ -53,3 +53,41 @@ mod tests {
         assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
     }
 }
+
+/// tonic's words for a request over the receive limit, and grpc-go's (which etcd clients see):
+/// `grpc: received message larger than max (N vs. M)` with code ResourceExhausted.
+const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
+
+/// Rewrite a transport-level status that tonic produced into what etcd's grpc-go server sends.
+/// Works on the trailers-only response headers of a failed call.
+pub fn rewrite_transport_status(headers: &mut http::HeaderMap) {
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    let Some(rest) = status.message().strip_prefix(TONIC_TOO_LARGE) else {
+        return;
+    };
+    // "<N> bytes, the limit is: <M> bytes"
+    let numbers: Vec<&str> = rest.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).collect();
+    if numbers.len() != 2 {
+        return;
+    }
+    let text = format!("grpc: received message larger than max ({} vs. {})", numbers[0], numbers[1]);
+    let _ = Status::resource_exhausted(text).add_header(headers);
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::*;
+
+    #[test]
+    fn oversized_request_reads_as_grpc_go() {
+        let mut h = http::HeaderMap::new();
+        let tonic_says = "Error, decoded message length too large: found 2200011 bytes, the limit is: 2097152 bytes";
+        Status::out_of_range(tonic_says).add_header(&mut h).unwrap();
+        rewrite_transport_status(&mut h);
+        let status = Status::from_header_map(&h).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "grpc: received message larger than max (2200011 vs. 2097152)");
+    }
+}

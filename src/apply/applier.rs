@@ -122,6 +122,8 @@ impl Applier {
 
     /// Replace the whole state with a raft snapshot's contents.
     pub fn install(&self, dump: &mut dyn std::io::Read) -> Result<()> {
+        // A background compaction of the old state must not delete rows of the imported one.
+        self.mvcc().stop_compactions();
         crate::storage::import(self.engine.as_ref(), dump)?;
         let fresh = Arc::new(MvccStore::open(self.engine.clone())?);
         *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = fresh;

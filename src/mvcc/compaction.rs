@@ -4,6 +4,7 @@
 //! Compactions run one after another in the order they were started.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -31,10 +32,19 @@ impl std::fmt::Debug for CompactionHandle {
     }
 }
 
+/// How a deletion ended. Errors are kept as text because `Error` is not `Clone`.
+#[derive(Clone)]
+enum Outcome {
+    Finished,
+    /// The store was stopped first; the next `open` resumes the compaction.
+    Stopped,
+    Failed(String),
+}
+
 #[derive(Default)]
 struct Job {
-    /// None while running; the outcome (error as text, since errors are not Clone) when over.
-    outcome: Mutex<Option<std::result::Result<(), String>>>,
+    /// None while running.
+    outcome: Mutex<Option<Outcome>>,
     done: Condvar,
 }
 
@@ -44,26 +54,32 @@ impl CompactionHandle {
         self.revision
     }
 
-    /// Block until the obsolete rows are deleted and `finishedCompactRev` is written. An error
-    /// means our storage failed during the deletion.
+    /// Block until the obsolete rows are deleted and `finishedCompactRev` is written.
+    /// `Err(Stopped)` if the store was stopped first; any other error means our storage failed.
     pub fn wait(&self) -> Result<()> {
         let mut outcome = self.job.outcome.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(result) = outcome.as_ref() {
-                return result.clone().map_err(Error::Storage);
+            match outcome.as_ref() {
+                Some(Outcome::Finished) => return Ok(()),
+                Some(Outcome::Stopped) => return Err(Error::Stopped),
+                Some(Outcome::Failed(e)) => return Err(Error::Storage(e.clone())),
+                None => outcome = self.job.done.wait(outcome).unwrap_or_else(|p| p.into_inner()),
             }
-            outcome = self.job.done.wait(outcome).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// True once the deletion is over (successfully or not).
+    /// True once the deletion is over (however it ended).
     pub fn is_done(&self) -> bool {
         self.job.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     fn finish(&self, result: Result<()>) {
         let mut outcome = self.job.outcome.lock().unwrap_or_else(|p| p.into_inner());
-        *outcome = Some(result.map_err(|e| e.to_string()));
+        *outcome = Some(match result {
+            Ok(()) => Outcome::Finished,
+            Err(Error::Stopped) => Outcome::Stopped,
+            Err(e) => Outcome::Failed(e.to_string()),
+        });
         self.job.done.notify_all();
     }
 }
@@ -72,6 +88,7 @@ impl CompactionHandle {
 #[derive(Default)]
 pub(crate) struct Compactor {
     last: Mutex<Option<CompactionHandle>>,
+    stopped: Arc<AtomicBool>,
 }
 
 impl Compactor {
@@ -80,26 +97,42 @@ impl Compactor {
         let handle = CompactionHandle { revision: rev, job: Arc::new(Job::default()) };
         let previous = self.last.lock().unwrap_or_else(|p| p.into_inner()).replace(handle.clone());
         let worker = handle.clone();
+        let stopped = self.stopped.clone();
         let spawned = thread::Builder::new().name(format!("mvcc-compact-{rev}")).spawn(move || {
             if let Some(previous) = previous {
                 // Its failure is reported to its own waiters; ours still has to run.
                 let _ = previous.wait();
             }
-            worker.finish(delete_obsolete_rows(engine.as_ref(), rev, &keep));
+            worker.finish(delete_obsolete_rows(engine.as_ref(), rev, &keep, &stopped));
         });
         if let Err(e) = spawned {
             handle.finish(Err(Error::Internal(format!("cannot start the compaction thread: {e}"))));
         }
         handle
     }
+
+    /// Make running and queued deletions stop at their next batch (they resume on the next
+    /// open); with `wait`, return only once none is running any more.
+    pub(crate) fn stop(&self, wait: bool) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if wait {
+            let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(last) = last {
+                let _ = last.wait();
+            }
+        }
+    }
 }
 
 /// Delete, batch by batch, every row at or below `rev` whose revision is not in `keep`, then
 /// record `rev` as finished.
-fn delete_obsolete_rows(engine: &dyn Engine, rev: i64, keep: &HashSet<Revision>) -> Result<()> {
+fn delete_obsolete_rows(engine: &dyn Engine, rev: i64, keep: &HashSet<Revision>, stopped: &AtomicBool) -> Result<()> {
     let end = Revision::row_key_floor(rev.saturating_add(1));
     let mut start: Vec<u8> = Vec::new();
     loop {
+        if stopped.load(Ordering::SeqCst) {
+            return Err(Error::Stopped);
+        }
         let mut batch = WriteBatch::default();
         let mut seen = 0usize;
         let mut last = None;

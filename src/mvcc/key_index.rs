@@ -8,6 +8,9 @@ use std::ops::Bound;
 use super::revision::Revision;
 use crate::error::{Error, Result};
 
+/// Lower and upper bound of a key range, as `BTreeMap::range` takes them.
+pub(crate) type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// The keys a request names, decoded from etcd's `(key, range_end)` convention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum KeyRange<'a> {
@@ -28,17 +31,9 @@ impl<'a> KeyRange<'a> {
         }
     }
 
-    pub(crate) fn contains(&self, k: &[u8]) -> bool {
-        match *self {
-            KeyRange::Single(key) => k == key,
-            KeyRange::From(start) => k >= start,
-            KeyRange::Span(start, end) => k >= start && k < end,
-        }
-    }
-
     /// Bounds for a `BTreeMap::range`, or None when the range is empty (an inverted range would
     /// make `BTreeMap::range` panic).
-    pub(crate) fn bounds(&self) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    pub(crate) fn bounds(&self) -> Option<KeyBounds<'a>> {
         match *self {
             KeyRange::Single(key) => Some((Bound::Included(key), Bound::Included(key))),
             KeyRange::From(start) => Some((Bound::Included(start), Bound::Unbounded)),
@@ -126,8 +121,8 @@ impl KeyIndex {
         true
     }
 
-    /// The generation alive at `at`, if the key existed then.
-    fn generation_at(&self, at: i64) -> Option<&Generation> {
+    /// Index of the generation alive at `at`, if the key existed then.
+    fn generation_index_at(&self, at: i64) -> Option<usize> {
         let last = self.generations.len().checked_sub(1)?;
         for (i, g) in self.generations.iter().enumerate().rev() {
             let (Some(first), Some(newest)) = (g.revs.first(), g.revs.last()) else {
@@ -139,10 +134,14 @@ impl KeyIndex {
                 return None;
             }
             if first.main <= at {
-                return Some(g);
+                return Some(i);
             }
         }
         None
+    }
+
+    fn generation_at(&self, at: i64) -> Option<&Generation> {
+        self.generation_index_at(at).map(|i| &self.generations[i])
     }
 
     /// The key's state as a read at revision `at` sees it, or None if it did not exist then.
@@ -156,6 +155,12 @@ impl KeyIndex {
     /// survive to `keep`. Mirrors etcd 3.5.16: per key the newest revision `<= at` is kept, and a
     /// tombstone sitting exactly at `at` is kept too (so a watch from `at` still sees that delete);
     /// older closed generations vanish. Returns true when nothing of the key is left.
+    ///
+    /// One deliberate difference: when a key was deleted and re-created within revision `at`
+    /// itself (possible in one txn, e.g. a delete up to `"\0"` then a put), etcd picks the
+    /// generation by main revision only, keeps the tombstone and drops the re-created value's
+    /// row, after which reading `at` kills etcd 3.5.16 ("range failed to find revision pair").
+    /// We keep the value that is alive at `at` instead.
     fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) -> bool {
         let last = self.generations.len().saturating_sub(1);
         let mut gi = 0;
@@ -165,6 +170,9 @@ impl KeyIndex {
                 break;
             }
             gi += 1;
+        }
+        if let Some(alive) = self.generation_index_at(at) {
+            gi = gi.max(alive);
         }
         if let Some(g) = self.generations.get_mut(gi) {
             if let Some(n) = g.newest_at_or_before(at) {
@@ -233,10 +241,7 @@ impl TreeIndex {
 
     /// Keys in `range` that exist at revision `at`, in key order, with their state then.
     pub(crate) fn live_in<'s>(&'s self, range: KeyRange<'s>, at: i64) -> impl Iterator<Item = (&'s [u8], KeyAt)> + 's {
-        let entries = match range.bounds() {
-            Some(bounds) => Some(self.keys.range::<[u8], _>(bounds)),
-            None => None,
-        };
+        let entries = range.bounds().map(|bounds| self.keys.range::<[u8], _>(bounds));
         entries.into_iter().flatten().filter_map(move |(k, ki)| ki.get(at).map(|s| (k.as_slice(), s)))
     }
 
@@ -339,6 +344,32 @@ mod tests {
         ki.compact(5, &mut keep);
         assert_eq!(keep, HashSet::new());
         assert_eq!(ki.generations.len(), 2);
+    }
+
+    #[test]
+    fn compaction_keeps_a_value_re_created_in_the_compaction_revision() {
+        // put(2), then in one txn at 4: delete (4.0) and put again (4.1).
+        let mut ki = KeyIndex::new();
+        ki.put(r(2, 0));
+        assert!(ki.tombstone(r(4, 0)));
+        ki.put(r(4, 1));
+        ki.put(r(5, 0));
+        let mut keep = HashSet::new();
+        assert!(!ki.compact(4, &mut keep));
+        assert_eq!(keep, HashSet::from([r(4, 1)]));
+        assert_eq!(ki.get(4).map(|s| (s.modified, s.version)), Some((r(4, 1), 1)));
+        assert_eq!(ki.get(5).map(|s| (s.modified, s.version)), Some((r(5, 0), 2)));
+
+        // Deleted, re-created and deleted again within 4: not alive at 4, etcd's choice stands.
+        let mut ki = KeyIndex::new();
+        ki.put(r(2, 0));
+        assert!(ki.tombstone(r(4, 0)));
+        ki.put(r(4, 1));
+        assert!(ki.tombstone(r(4, 2)));
+        let mut keep = HashSet::new();
+        ki.compact(4, &mut keep);
+        assert_eq!(keep, HashSet::from([r(4, 0)]));
+        assert_eq!(ki.get(4), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::storage::{BatchOp, Engine, SizeInfo, StorageError, Table, WriteBatch};
+use crate::storage::{BatchOp, Engine, RowVisitor, SizeInfo, StorageError, Table, WriteBatch};
 
 type Tables = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -81,7 +81,7 @@ impl Engine for MemEngine {
         Ok(())
     }
 
-    fn scan_all(&self, visit: &mut dyn FnMut(&str, &[u8], &[u8]) -> bool) -> Result<(), StorageError> {
+    fn scan_all(&self, visit: &mut RowVisitor<'_>) -> Result<(), StorageError> {
         let tables = self.lock().clone();
         for (name, rows) in &tables {
             for (k, v) in rows {

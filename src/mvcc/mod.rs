@@ -211,6 +211,14 @@ impl MvccStore {
         Ok(self.compactor.start(self.engine.clone(), rev, keep))
     }
 
+    /// Stop background row deletion and wait until it has stopped. Call before anything else
+    /// rewrites the engine under this store (installing a raft snapshot) or at shutdown: an
+    /// unfinished compaction is resumed by the next `open`. Compactions started after this call
+    /// stop at once (their handles report `Stopped`).
+    pub fn stop_compactions(&self) {
+        self.compactor.stop(true);
+    }
+
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -261,6 +269,14 @@ impl MvccStore {
         } else {
             Error::Internal(format!("mvcc row {row} is missing"))
         }
+    }
+}
+
+impl Drop for MvccStore {
+    /// A dropped store stops deleting rows (like a process exit) so a store opened next on the
+    /// same engine does not race a stale deletion; that store resumes the compaction.
+    fn drop(&mut self) {
+        self.compactor.stop(false);
     }
 }
 
@@ -353,7 +369,8 @@ fn collect(
             (None, Some(_)) => false,
             (Some((ck, _)), Some((pk, _))) => {
                 if *ck == pk.as_slice() {
-                    true
+                    committed.next();
+                    false
                 } else {
                     *ck < pk.as_slice()
                 }
@@ -363,10 +380,8 @@ fn collect(
             if let Some((key, state)) = committed.next() {
                 add(Hit::Row { key: key.to_vec(), rev: state.modified });
             }
-        } else if let Some((key, change)) = overlay.next() {
-            if let Some(change) = change {
-                add(Hit::Pending { key: key.clone(), change: *change });
-            }
+        } else if let Some((key, Some(change))) = overlay.next() {
+            add(Hit::Pending { key: key.clone(), change: *change });
         }
     }
     found

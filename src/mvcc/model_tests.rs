@@ -15,8 +15,7 @@ use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::request_op::Request;
 use crate::proto::etcdserverpb::response_op::Response;
 use crate::proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutResponse, RequestOp, ResponseOp,
-    TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 
 const LEASE: i64 = 42;
@@ -35,10 +34,7 @@ struct Model {
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader {
-        revision,
-        ..Default::default()
-    })
+    Some(ResponseHeader { revision, ..Default::default() })
 }
 
 fn in_range(k: &[u8], key: &[u8], end: &[u8]) -> bool {
@@ -51,19 +47,11 @@ fn in_range(k: &[u8], key: &[u8], end: &[u8]) -> bool {
 
 impl Model {
     fn new() -> Self {
-        Model {
-            snapshots: BTreeMap::from([(1, Snapshot::new())]),
-            current: 1,
-            compacted: -1,
-        }
+        Model { snapshots: BTreeMap::from([(1, Snapshot::new())]), current: 1, compacted: -1 }
     }
 
     fn at(&self, rev: i64) -> Snapshot {
-        self.snapshots
-            .range(..=rev)
-            .next_back()
-            .map(|(_, s)| s.clone())
-            .unwrap_or_default()
+        self.snapshots.range(..=rev).next_back().map(|(_, s)| s.clone()).unwrap_or_default()
     }
 
     fn commit(&mut self, snapshot: Snapshot) {
@@ -73,19 +61,11 @@ impl Model {
 
     /// Range as etcd documents it, written out plainly.
     fn range_in(snapshot: &Snapshot, req: &RangeRequest, header_rev: i64) -> RangeResponse {
-        let all: Vec<KeyValue> = snapshot
-            .values()
-            .filter(|kv| in_range(&kv.key, &req.key, &req.range_end))
-            .cloned()
-            .collect();
+        let all: Vec<KeyValue> =
+            snapshot.values().filter(|kv| in_range(&kv.key, &req.key, &req.range_end)).cloned().collect();
         let count = all.len() as i64;
         if req.count_only {
-            return RangeResponse {
-                header: header(header_rev),
-                kvs: vec![],
-                more: false,
-                count,
-            };
+            return RangeResponse { header: header(header_rev), kvs: vec![], more: false, count };
         }
         let filtered = req.min_mod_revision != 0
             || req.max_mod_revision != 0
@@ -102,11 +82,7 @@ impl Model {
                 && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
                 && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
         });
-        let order = if req.sort_order == 0 && req.sort_target != 0 {
-            SortOrder::Ascend as i32
-        } else {
-            req.sort_order
-        };
+        let order = if req.sort_order == 0 && req.sort_target != 0 { SortOrder::Ascend as i32 } else { req.sort_order };
         if order != 0 {
             let field = |kv: &KeyValue| -> (i64, Vec<u8>) {
                 match SortTarget::try_from(req.sort_target).unwrap() {
@@ -131,23 +107,14 @@ impl Model {
         if req.keys_only {
             kvs.iter_mut().for_each(|kv| kv.value.clear());
         }
-        RangeResponse {
-            header: header(header_rev),
-            kvs,
-            more,
-            count,
-        }
+        RangeResponse { header: header(header_rev), kvs, more, count }
     }
 
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         if req.revision > self.current {
             return Err(Error::FutureRevision);
         }
-        let rev = if req.revision <= 0 {
-            self.current
-        } else {
-            req.revision
-        };
+        let rev = if req.revision <= 0 { self.current } else { req.revision };
         if rev < self.compacted {
             return Err(Error::Compacted);
         }
@@ -178,11 +145,7 @@ impl Model {
     }
 
     fn delete_from(work: &mut Snapshot, key: &[u8], end: &[u8]) -> Vec<KeyValue> {
-        let gone: Vec<Vec<u8>> = work
-            .keys()
-            .filter(|k| in_range(k, key, end))
-            .cloned()
-            .collect();
+        let gone: Vec<Vec<u8>> = work.keys().filter(|k| in_range(k, key, end)).cloned().collect();
         gone.iter().filter_map(|k| work.remove(k)).collect()
     }
 
@@ -194,10 +157,7 @@ impl Model {
         let mut work = self.at(self.current);
         let prev_kv = Self::put_into(&mut work, req, self.current + 1)?;
         self.commit(work);
-        Ok(PutResponse {
-            header: header(self.current),
-            prev_kv,
-        })
+        Ok(PutResponse { header: header(self.current), prev_kv })
     }
 
     fn delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
@@ -225,10 +185,7 @@ impl Model {
     }
 
     fn compare(pre: &Snapshot, c: &Compare) -> bool {
-        let kvs: Vec<&KeyValue> = pre
-            .values()
-            .filter(|kv| in_range(&kv.key, &c.key, &c.range_end))
-            .collect();
+        let kvs: Vec<&KeyValue> = pre.values().filter(|kv| in_range(&kv.key, &c.key, &c.range_end)).collect();
         let target = CompareTarget::try_from(c.target).unwrap();
         if kvs.is_empty() && target == CompareTarget::Value {
             return false;
@@ -239,9 +196,7 @@ impl Model {
                 (CompareTarget::Value, Some(TargetUnion::Value(v))) => kv.value.cmp(v),
                 (CompareTarget::Value, _) => kv.value.cmp(&vec![]),
                 (CompareTarget::Version, Some(TargetUnion::Version(v))) => kv.version.cmp(v),
-                (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => {
-                    kv.create_revision.cmp(v)
-                }
+                (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => kv.create_revision.cmp(v),
                 (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => kv.mod_revision.cmp(v),
                 (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => kv.lease.cmp(v),
                 (CompareTarget::Version, _) => kv.version.cmp(&0),
@@ -314,10 +269,7 @@ impl Model {
                 Some(Request::RequestPut(p)) => {
                     let prev_kv = Self::put_into(work, p, begin + 1)?;
                     *changed = true;
-                    Response::ResponsePut(PutResponse {
-                        header: header(begin + 1),
-                        prev_kv,
-                    })
+                    Response::ResponsePut(PutResponse { header: header(begin + 1), prev_kv })
                 }
                 Some(Request::RequestDeleteRange(d)) => {
                     let gone = Self::delete_from(work, &d.key, &d.range_end);
@@ -328,20 +280,12 @@ impl Model {
                         prev_kvs: if d.prev_kv { gone } else { vec![] },
                     })
                 }
-                Some(Request::RequestTxn(t)) => {
-                    Response::ResponseTxn(self.txn_exec(pre, work, changed, t)?)
-                }
+                Some(Request::RequestTxn(t)) => Response::ResponseTxn(self.txn_exec(pre, work, changed, t)?),
                 None => unreachable!("validated"),
             };
-            responses.push(ResponseOp {
-                response: Some(response),
-            });
+            responses.push(ResponseOp { response: Some(response) });
         }
-        Ok(TxnResponse {
-            header: Some(ResponseHeader::default()),
-            succeeded,
-            responses,
-        })
+        Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
     }
 
     fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse> {
@@ -366,6 +310,8 @@ enum Op {
     Delete(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(i64),
+    /// The process dies right after persisting a compaction's schedule; the store reopens.
+    CompactThenCrash(i64),
     Range(RangeRequest),
     Reopen,
 }
@@ -431,38 +377,26 @@ fn range_req() -> impl Strategy<Value = RangeRequest> {
         (0i32..3, 0i32..5, prop::bool::weighted(0.2), prop::bool::weighted(0.2)),
         prop::collection::vec(prop_oneof![6 => Just(0i64), 1 => 1i64..20], 4),
     )
-        .prop_map(
-            |((key, range_end, revision, limit), (order, target, keys_only, count_only), f)| {
-                RangeRequest {
-                    key,
-                    range_end,
-                    limit,
-                    revision,
-                    sort_order: order,
-                    sort_target: target,
-                    serializable: false,
-                    keys_only,
-                    count_only,
-                    min_mod_revision: f[0],
-                    max_mod_revision: f[1],
-                    min_create_revision: f[2],
-                    max_create_revision: f[3],
-                }
-            },
-        )
+        .prop_map(|((key, range_end, revision, limit), (order, target, keys_only, count_only), f)| RangeRequest {
+            key,
+            range_end,
+            limit,
+            revision,
+            sort_order: order,
+            sort_target: target,
+            serializable: false,
+            keys_only,
+            count_only,
+            min_mod_revision: f[0],
+            max_mod_revision: f[1],
+            min_create_revision: f[2],
+            max_create_revision: f[3],
+        })
 }
 
 fn compare() -> impl Strategy<Value = Compare> {
-    (
-        key(),
-        prop_oneof![4 => Just(vec![]), 1 => range_end()],
-        0i32..5,
-        0i32..4,
-        0usize..5,
-        0i64..12,
-        value(),
-    )
-        .prop_map(|(key, range_end, target, result, kind, n, v)| Compare {
+    (key(), prop_oneof![4 => Just(vec![]), 1 => range_end()], 0i32..5, 0i32..4, 0usize..5, 0i64..12, value()).prop_map(
+        |(key, range_end, target, result, kind, n, v)| Compare {
             key,
             range_end,
             target,
@@ -474,18 +408,17 @@ fn compare() -> impl Strategy<Value = Compare> {
                 3 => TargetUnion::Value(v),
                 _ => TargetUnion::Lease(if n % 2 == 0 { 0 } else { LEASE }),
             }),
-        })
+        },
+    )
 }
 
 fn flat_op() -> impl Strategy<Value = RequestOp> {
     prop_oneof![
-        put_req().prop_map(|p| Request::RequestPut(p)),
-        delete_req().prop_map(|d| Request::RequestDeleteRange(d)),
-        range_req().prop_map(|r| Request::RequestRange(r)),
+        put_req().prop_map(Request::RequestPut),
+        delete_req().prop_map(Request::RequestDeleteRange),
+        range_req().prop_map(Request::RequestRange),
     ]
-    .prop_map(|request| RequestOp {
-        request: Some(request),
-    })
+    .prop_map(|request| RequestOp { request: Some(request) })
 }
 
 fn flat_txn() -> impl Strategy<Value = TxnRequest> {
@@ -494,28 +427,17 @@ fn flat_txn() -> impl Strategy<Value = TxnRequest> {
         prop::collection::vec(flat_op(), 0..4),
         prop::collection::vec(flat_op(), 0..3),
     )
-        .prop_map(|(compare, success, failure)| TxnRequest {
-            compare,
-            success,
-            failure,
-        })
+        .prop_map(|(compare, success, failure)| TxnRequest { compare, success, failure })
 }
 
 fn txn_req() -> impl Strategy<Value = TxnRequest> {
-    (flat_txn(), prop::option::weighted(0.3, (flat_txn(), 0usize..4))).prop_map(
-        |(mut outer, inner)| {
-            if let Some((inner, at)) = inner {
-                let at = at.min(outer.success.len());
-                outer.success.insert(
-                    at,
-                    RequestOp {
-                        request: Some(Request::RequestTxn(inner)),
-                    },
-                );
-            }
-            outer
-        },
-    )
+    (flat_txn(), prop::option::weighted(0.3, (flat_txn(), 0usize..4))).prop_map(|(mut outer, inner)| {
+        if let Some((inner, at)) = inner {
+            let at = at.min(outer.success.len());
+            outer.success.insert(at, RequestOp { request: Some(Request::RequestTxn(inner)) });
+        }
+        outer
+    })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -524,6 +446,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => delete_req().prop_map(Op::Delete),
         4 => txn_req().prop_map(Op::Txn),
         1 => (-2i64..30).prop_map(Op::Compact),
+        1 => (-2i64..30).prop_map(Op::CompactThenCrash),
         4 => range_req().prop_map(Op::Range),
         1 => Just(Op::Reopen),
     ]
@@ -541,10 +464,16 @@ impl Real {
     }
 
     fn reopen(&mut self) {
+        self.reopen_with(|_| {});
+    }
+
+    /// Wait for compactions, close, let `offline` touch the engine, open again.
+    fn reopen_with(&mut self, offline: impl FnOnce(&MemEngine)) {
         for h in self.compactions.drain(..) {
             h.wait().unwrap();
         }
         self.store = None;
+        offline(&self.engine);
         self.store = Some(MvccStore::open(self.engine.clone()).unwrap());
     }
 
@@ -575,12 +504,7 @@ fn sweep(real: &Real, model: &Model) -> std::result::Result<(), TestCaseError> {
     prop_assert_eq!(s.current_revision(), model.current);
     prop_assert_eq!(s.compact_revision(), model.compacted.max(0));
     for rev in (model.compacted - 1).max(0)..=model.current + 1 {
-        let req = RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            revision: rev,
-            ..Default::default()
-        };
+        let req = RangeRequest { key: vec![0], range_end: vec![0], revision: rev, ..Default::default() };
         let got = s.range(&req).map(RangeResult::into_response);
         same(got, model.range(&req), &Op::Range(req.clone()))?;
     }
@@ -619,6 +543,14 @@ proptest! {
                         real.compactions.push(h);
                     });
                     same(got, model.compact(*rev), op)?;
+                }
+                Op::CompactThenCrash(rev) => {
+                    if model.compact(*rev).is_ok() {
+                        real.reopen_with(|engine| {
+                            engine.set(META_TABLE, SCHEDULED_COMPACT_KEY, &encode_meta_rev(*rev))
+                        });
+                        sweep(&real, &model)?;
+                    }
                 }
                 Op::Range(req) => {
                     let got = real.store().range(req).map(RangeResult::into_response);

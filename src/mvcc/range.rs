@@ -70,17 +70,16 @@ pub(crate) fn finish(req: &RangeRequest, mut kvs: Vec<KeyValue>, count: i64, rev
 
 /// etcd's comparators, revisions compared by the sign of their (wrapping) difference as Go does.
 fn sort(kvs: &mut [KeyValue], target: SortTarget, descend: bool) {
-    let by_diff = |f: fn(&KeyValue) -> i64| move |a: &KeyValue, b: &KeyValue| f(a).wrapping_sub(f(b)) < 0;
-    let less: Box<dyn Fn(&KeyValue, &KeyValue) -> bool> = match target {
-        SortTarget::Key => Box::new(|a: &KeyValue, b: &KeyValue| a.key < b.key),
-        SortTarget::Version => Box::new(by_diff(|kv| kv.version)),
-        SortTarget::Create => Box::new(by_diff(|kv| kv.create_revision)),
-        SortTarget::Mod => Box::new(by_diff(|kv| kv.mod_revision)),
-        SortTarget::Value => Box::new(|a: &KeyValue, b: &KeyValue| a.value < b.value),
+    let less: fn(&KeyValue, &KeyValue) -> bool = match target {
+        SortTarget::Key => |a, b| a.key < b.key,
+        SortTarget::Version => |a, b| a.version.wrapping_sub(b.version) < 0,
+        SortTarget::Create => |a, b| a.create_revision.wrapping_sub(b.create_revision) < 0,
+        SortTarget::Mod => |a, b| a.mod_revision.wrapping_sub(b.mod_revision) < 0,
+        SortTarget::Value => |a, b| a.value < b.value,
     };
     if descend {
         go_sort(kvs, |a, b| less(b, a));
     } else {
-        go_sort(kvs, |a, b| less(a, b));
+        go_sort(kvs, less);
     }
 }

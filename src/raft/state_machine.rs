@@ -76,10 +76,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let mut data = Vec::new();
         self.applier.export(&mut data).map_err(io_err)?;
-        let meta = SnapshotMeta {
-            last_log_id: self.position.last_applied,
-            last_membership: self.position.membership.clone(),
-        };
+        let meta =
+            SnapshotMeta { last_log_id: self.position.last_applied, last_membership: self.position.membership.clone() };
         self.store_snapshot(&meta, &data)?;
         Ok(Snapshot { meta, snapshot: Cursor::new(data) })
     }
