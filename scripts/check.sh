@@ -17,6 +17,12 @@ fi
 export KEEL_ETCD_BIN_DIR="${KEEL_ETCD_BIN_DIR:-$repo_root/.tools/etcd/usr/bin}"
 export KEEL_BIN="${KEEL_BIN:-${CARGO_TARGET_DIR:-$repo_root/target}/debug/keel}"
 
+echo "check: cargo fmt --check" >&2
+cargo fmt --all -- --check
+
+echo "check: cargo clippy" >&2
+cargo clippy --workspace --all-targets -- -D warnings
+
 echo "check: cargo build --workspace --all-targets" >&2
 cargo build --workspace --all-targets
 

@@ -1,8 +1,8 @@
 //! The handle every service holds: this member's identity, its raft, and the stores behind it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
@@ -12,7 +12,7 @@ use crate::apply::applier::Applier;
 use crate::mvcc::MvccStore;
 use crate::raft::log_store::LogStore;
 use crate::raft::types::Raft;
-use crate::storage::Engine;
+use crate::storage::{Engine, SizeInfo};
 
 /// One member as etcd's Cluster API reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,7 @@ pub struct Node {
     pub applier: Arc<Applier>,
     pub log_store: LogStore,
     pub request_ids: RequestIds,
+    pub db_size: SizeCache,
 }
 
 impl Node {
@@ -58,6 +59,20 @@ impl Node {
         self.applier.engine()
     }
 
+    /// The database's size, measured at most once a second: measuring redb walks its pages while
+    /// holding writers off, so Status must not measure on every call.
+    pub fn db_size(&self) -> crate::error::Result<SizeInfo> {
+        let mut cache = self.db_size.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, size)) = &*cache {
+            if at.elapsed() < SizeCache::MAX_AGE {
+                return Ok(*size);
+            }
+        }
+        let size = self.engine().size()?;
+        *cache = Some((Instant::now(), size));
+        Ok(size)
+    }
+
     /// Raft's view right now: (term, leader, is this member the leader, committed index, applied index).
     pub fn raft_status(&self) -> RaftStatus {
         let m = self.raft.metrics();
@@ -70,6 +85,14 @@ impl Node {
             applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
         }
     }
+}
+
+/// The last measured database size and when it was measured.
+#[derive(Default)]
+pub struct SizeCache(Mutex<Option<(Instant, SizeInfo)>>);
+
+impl SizeCache {
+    const MAX_AGE: Duration = Duration::from_secs(1);
 }
 
 /// Ids for proposals. They only need to be unique among this member's in-flight proposals;

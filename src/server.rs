@@ -95,8 +95,11 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         applier,
         log_store,
         request_ids: Default::default(),
+        db_size: Default::default(),
     });
     wait_for_leader(&node, Duration::from_secs(30)).await?;
+
+    spawn_storage_sync(node.clone());
 
     let routes = crate::api::routes(node.clone(), config.grpc_max_recv_bytes());
     // Small responses must not wait for the peer's delayed ACK (Nagle): etcd's Go server sets
@@ -150,6 +153,43 @@ async fn wait_for_leader(node: &Node, limit: Duration) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
+}
+
+/// Move applied writes from the write buffer into the engine every 50 ms, and make them durable
+/// every second. Correctness does not depend on either (the WAL replays what storage lost), but the
+/// buffer must not grow without bound, redb only reclaims freed pages at durable commits, and a
+/// shorter replay makes restarts faster.
+fn spawn_storage_sync(node: Arc<Node>) {
+    const FLUSH_EVERY: Duration = Duration::from_millis(50);
+    const FLUSHES_PER_SYNC: u32 = 20;
+    let weak = Arc::downgrade(&node);
+    drop(node);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u32;
+        loop {
+            tick.tick().await;
+            ticks = ticks.wrapping_add(1);
+            let Some(node) = weak.upgrade() else { return };
+            let applier = node.applier.clone();
+            drop(node);
+            let durable = ticks.is_multiple_of(FLUSHES_PER_SYNC);
+            let done = tokio::task::spawn_blocking(move || {
+                if durable {
+                    applier.engine().sync().map_err(crate::error::Error::from)
+                } else {
+                    applier.flush()
+                }
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "background storage flush failed"),
+                Err(e) => tracing::error!(error = %e, "background storage flush task failed"),
+            }
+        }
+    });
 }
 
 /// Stop raft, then make what it applied durable and stop the WAL writer.

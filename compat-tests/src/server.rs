@@ -161,6 +161,8 @@ pub struct Server {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    /// Extra environment for the child (e.g. `KEEL_STORAGE_ENGINE`).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -174,8 +176,17 @@ impl Server {
         Server::start(ServerKind::Keel).await
     }
 
+    /// Starts the Keel binary with extra environment variables (kept across restarts).
+    pub async fn keel_with_env(env: &[(&str, &str)]) -> Result<Server, HarnessError> {
+        Server::start_with_env(ServerKind::Keel, env).await
+    }
+
     /// Starts a fresh single-member server of the given kind with an empty data directory.
     pub async fn start(kind: ServerKind) -> Result<Server, HarnessError> {
+        Server::start_with_env(kind, &[]).await
+    }
+
+    async fn start_with_env(kind: ServerKind, env: &[(&str, &str)]) -> Result<Server, HarnessError> {
         let binary = match kind {
             ServerKind::Etcd => etcd_bin_dir().join("etcd"),
             ServerKind::Keel => keel_bin(),
@@ -198,7 +209,9 @@ impl Server {
             .tempdir()
             .map_err(|e| HarnessError::io("creating a temp dir", e))?;
         let dir_path = dir.path().to_path_buf();
-        let mut server = Server { kind, binary, dir: Some(dir), dir_path, client_port: 0, peer_port: 0, child: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut server =
+            Server { kind, binary, dir: Some(dir), dir_path, client_port: 0, peer_port: 0, child: None, env };
         // A port picked by free_port_pair can be taken by someone else before the server binds it:
         // only that failure is retried, with new ports and a clean data directory.
         let mut attempt = 0;
@@ -358,6 +371,9 @@ impl Server {
             if key.to_string_lossy().starts_with("ETCD_") {
                 cmd.env_remove(&key);
             }
+        }
+        for (key, value) in &self.env {
+            cmd.env(key, value);
         }
         let child = cmd.spawn().map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))?;
         self.child = Some(child);

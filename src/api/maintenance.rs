@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 
 use crate::api::pending::{not_yet, BoxStream};
 use crate::api::{header, status::to_status};
-use crate::error::Error;
 use crate::node::Node;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
@@ -47,7 +46,7 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let node = &self.node;
         let raft = node.raft_status();
-        let size = node.engine().size().map_err(|e| to_status(Error::from(e)))?;
+        let size = node.db_size().map_err(to_status)?;
         let mut errors = Vec::new();
         if raft.leader.is_none() {
             errors.push("etcdserver: no leader".to_string());

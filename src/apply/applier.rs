@@ -10,7 +10,7 @@ use crate::apply::{execute, txn};
 use crate::error::{Error, Result};
 use crate::mvcc::{CompactionHandle, MvccStore};
 use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
-use crate::storage::{Engine, WriteBatch};
+use crate::storage::{Engine, WriteBatch, WriteBuffer};
 
 /// Meta-table key of the opaque raft position (last applied log id and membership) that the raft
 /// layer hands in with every entry.
@@ -18,6 +18,8 @@ const META_RAFT_APPLIED: &[u8] = b"raft_applied";
 const META_TABLE: &str = "meta";
 
 pub struct Applier {
+    /// Apply writes land here and reach the engine once per batch of entries (see `flush`).
+    buffer: Arc<WriteBuffer>,
     engine: Arc<dyn Engine>,
     mvcc: RwLock<Arc<MvccStore>>,
     /// Physical compactions started by apply, waited on by the proposer that asked (by command id).
@@ -25,9 +27,30 @@ pub struct Applier {
 }
 
 impl Applier {
+    /// Open over the storage engine; every read and write of the state goes through a write
+    /// buffer over it from here on.
     pub fn open(engine: Arc<dyn Engine>) -> Result<Self> {
+        let buffer = Arc::new(WriteBuffer::new(engine));
+        let engine: Arc<dyn Engine> = buffer.clone();
         let mvcc = Arc::new(MvccStore::open(engine.clone())?);
-        Ok(Applier { engine, mvcc: RwLock::new(mvcc), compactions: Mutex::new(HashMap::new()) })
+        Ok(Applier { buffer, engine, mvcc: RwLock::new(mvcc), compactions: Mutex::new(HashMap::new()) })
+    }
+
+    /// Commit what the entries applied so far wrote, as one atomic engine batch. Runs in the
+    /// background (see `server.rs`), off the apply path: until then readers see the writes in the
+    /// buffer, and a crash replays them from the raft log.
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.buffer.flush()?)
+    }
+
+    /// Flush now if the buffer has grown past what the background flusher should leave pending,
+    /// so a write burst cannot grow memory without bound.
+    pub fn flush_if_large(&self) -> Result<()> {
+        const MAX_PENDING_ROWS: usize = 50_000;
+        if self.buffer.pending_rows() >= MAX_PENDING_ROWS {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// The store readers use. Swapped only when a raft snapshot is installed.

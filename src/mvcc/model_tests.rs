@@ -512,7 +512,14 @@ fn sweep(real: &Real, model: &Model) -> std::result::Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // Past failures are replayed from a file beside this one (not a top-level folder).
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::SourceParallel(
+            "proptest-regressions"
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn store_agrees_with_model(ops in prop::collection::vec(op(), 1..40)) {

@@ -111,6 +111,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 responder.send(result);
             }
         }
+        // Engine commits happen in the background; only a large backlog is committed here.
+        self.applier.flush_if_large().map_err(io_err)?;
         Ok(())
     }
 

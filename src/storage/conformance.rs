@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tempfile::TempDir;
 
-use super::{export, import, open, Engine, EngineKind, StorageError, Table, WriteBatch};
+use super::{export, import, open, Engine, EngineKind, StorageError, Table, WriteBatch, WriteBuffer};
 
 type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 type AllRows = Vec<(String, Vec<u8>, Vec<u8>)>;
@@ -21,6 +21,13 @@ fn fresh(kind: EngineKind) -> (TempDir, Arc<dyn Engine>) {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(kind, dir.path()).unwrap();
     (dir, engine)
+}
+
+/// The engine behind the write buffer the applier uses: nothing reaches the engine until a flush
+/// (`sync`), so every read must merge pending writes with committed rows.
+fn fresh_buffered(kind: EngineKind) -> (TempDir, Arc<dyn Engine>) {
+    let (dir, engine) = fresh(kind);
+    (dir, Arc::new(WriteBuffer::new(engine)))
 }
 
 fn other(kind: EngineKind) -> EngineKind {
@@ -551,6 +558,18 @@ fn model_based(kind: EngineKind) {
         .unwrap();
 }
 
+/// The model test through the write buffer: `Sync` steps flush at random points, so scans and
+/// reads see every mix of pending and committed rows, deletes of committed rows included.
+fn model_based_buffered(kind: EngineKind) {
+    let mut runner = TestRunner::new(Config { cases: 128, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&prop::collection::vec(step_strategy(), 1..40), |steps| {
+            let (_dir, e) = fresh_buffered(kind);
+            run_model(&*e, &steps)
+        })
+        .unwrap();
+}
+
 // ---------------------------------------------------------------- crash test
 
 /// Set in the re-executed child: the database directory to write into.
@@ -709,6 +728,46 @@ macro_rules! suite {
 }
 
 suite!(on_redb => Redb, on_sled => Sled);
+
+macro_rules! per_buffered_engine {
+    ($kind:ident, $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let (_dir, engine) = super::fresh_buffered(super::EngineKind::$kind);
+                super::$case(&*engine);
+            }
+        )*
+
+        #[test]
+        fn model_based() {
+            super::model_based_buffered(super::EngineKind::$kind);
+        }
+    };
+}
+
+macro_rules! buffered_suite {
+    ($($module:ident => $kind:ident),*) => {
+        $(
+            mod $module {
+                per_buffered_engine!(
+                    $kind,
+                    get_put_delete,
+                    batch_is_atomic_across_tables,
+                    scan_bounds,
+                    get_many,
+                    tables_lists_non_empty,
+                    clear_removes_everything,
+                    scan_all_orders_by_table_then_key,
+                    invalid_table_names_rejected,
+                    reads_see_whole_batches,
+                );
+            }
+        )*
+    };
+}
+
+buffered_suite!(buffered_on_redb => Redb, buffered_on_sled => Sled);
 
 #[test]
 fn crash_recovery_redb() {

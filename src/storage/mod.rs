@@ -12,11 +12,13 @@ use std::sync::Arc;
 mod dump;
 mod redb_engine;
 mod sled_engine;
+mod write_buffer;
 
 #[cfg(test)]
 mod conformance;
 
 pub use dump::{export, import};
+pub use write_buffer::WriteBuffer;
 
 /// A named keyspace. Tables spring into existence on their first write; reading a table that was
 /// never written is the same as reading an empty one.
