@@ -93,7 +93,12 @@ fn last_wal_segment(data_dir: &Path) -> PathBuf {
 }
 
 async fn kill_and_recover(engine: &str, tear_tail: bool) {
-    let mut server = Server::keel_with_env(&[("KEEL_STORAGE_ENGINE", engine)]).await.expect("start keel");
+    kill_and_recover_with(&[("KEEL_STORAGE_ENGINE", engine)], tear_tail).await;
+}
+
+async fn kill_and_recover_with(env: &[(&str, &str)], tear_tail: bool) {
+    let engine = env.iter().find(|(k, _)| *k == "KEEL_STORAGE_ENGINE").map_or("redb", |(_, v)| *v);
+    let mut server = Server::keel_with_env(env).await.expect("start keel");
     let mut total = Vec::new();
     for round in 0..rounds() {
         let acked = write_until_killed(&server, 8, Duration::from_millis(1500)).await;
@@ -141,4 +146,11 @@ async fn acknowledged_writes_survive_kill9_sled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_a_torn_wal_tail() {
     kill_and_recover("redb", true).await;
+}
+
+/// Raft snapshots every 200 entries: the log is purged behind them while writes go on, and a
+/// restart must rebuild from the snapshot point plus what the WAL still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_kill9_across_log_purges() {
+    kill_and_recover_with(&[("KEEL_STORAGE_ENGINE", "redb"), ("ETCD_SNAPSHOT_COUNT", "200")], false).await;
 }
