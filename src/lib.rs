@@ -4,10 +4,12 @@
 //! deterministically against the revisioned store (`mvcc`) kept behind one storage trait
 //! (`storage`, sled or redb). Reads (`read`) confirm leadership through raft's read index and then
 //! read `mvcc` directly, never through the log. `node` is the handle every service shares, `server`
-//! boots and stops it all, `config` speaks etcd's flags.
+//! boots and stops it all, `config` speaks etcd's flags, and `auto_compact` is the leader's
+//! periodic Compact proposer.
 
 pub mod api;
 pub mod apply;
+pub mod auto_compact;
 pub mod config;
 pub mod error;
 pub mod mvcc;

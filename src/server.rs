@@ -100,6 +100,9 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     wait_for_leader(&node, Duration::from_secs(30)).await?;
 
     spawn_storage_sync(node.clone());
+    if let Some(policy) = config.auto_compaction() {
+        crate::auto_compact::spawn(&node, policy);
+    }
 
     let routes = crate::api::routes(node.clone(), config.grpc_max_recv_bytes());
     // Small responses must not wait for the peer's delayed ACK (Nagle): etcd's Go server sets

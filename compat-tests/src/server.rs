@@ -186,7 +186,8 @@ impl Server {
         Server::start_with_env(kind, &[]).await
     }
 
-    async fn start_with_env(kind: ServerKind, env: &[(&str, &str)]) -> Result<Server, HarnessError> {
+    /// Starts a fresh server with extra environment variables (kept across restarts).
+    pub async fn start_with_env(kind: ServerKind, env: &[(&str, &str)]) -> Result<Server, HarnessError> {
         let binary = match kind {
             ServerKind::Etcd => etcd_bin_dir().join("etcd"),
             ServerKind::Keel => keel_bin(),
