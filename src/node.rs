@@ -44,6 +44,7 @@ pub struct Node {
     pub log_store: LogStore,
     pub request_ids: RequestIds,
     pub db_size: SizeCache,
+    pub read_batcher: crate::read::ReadBatcher,
 }
 
 impl Node {

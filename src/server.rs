@@ -96,6 +96,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         log_store,
         request_ids: Default::default(),
         db_size: Default::default(),
+        read_batcher: Default::default(),
     });
     wait_for_leader(&node, Duration::from_secs(30)).await?;
 
