@@ -58,12 +58,57 @@ mod tests {
 /// `grpc: received message larger than max (N vs. M)` with code ResourceExhausted.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
 
+/// tonic's prefix for a request that is not valid protobuf.
+const PROST_DECODE_FAILED: &str = "failed to decode Protobuf message: ";
+
+/// etcd decodes requests with gogoproto's generated code, whose errors read differently from
+/// prost's; clients see them after grpc-go's `grpc: error unmarshalling request: `. Translate the
+/// common cases (a field with the wrong wire type, a truncated message); pass others through.
+fn gogo_decode_error(prost_detail: &str) -> String {
+    // prost: "<Message>.<field>: invalid wire type: <Name> (expected <Name>)", innermost field last.
+    if let Some((path, rest)) = prost_detail.rsplit_once(": invalid wire type: ") {
+        let field = path.rsplit(": ").next().unwrap_or(path).rsplit('.').next().unwrap_or(path);
+        let found = rest.split_whitespace().next().unwrap_or("");
+        let number = match found {
+            "Varint" => 0,
+            "SixtyFourBit" => 1,
+            "LengthDelimited" => 2,
+            "StartGroup" => 3,
+            "EndGroup" => 4,
+            "ThirtyTwoBit" => 5,
+            _ => return prost_detail.to_string(),
+        };
+        return format!("proto: wrong wireType = {number} for field {}", go_field_name(field));
+    }
+    if prost_detail.ends_with("buffer underflow") {
+        // Go's io.ErrUnexpectedEOF.
+        return "unexpected EOF".to_string();
+    }
+    prost_detail.to_string()
+}
+
+/// The Go struct field gogoproto generates for a proto field: `range_end` → `RangeEnd`.
+fn go_field_name(proto_field: &str) -> String {
+    proto_field
+        .split('_')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
 /// Rewrite a transport-level status that tonic produced into what etcd's grpc-go server sends.
 /// Works on the trailers-only response headers of a failed call.
 pub fn rewrite_transport_status(headers: &mut http::HeaderMap) {
     let Some(status) = Status::from_header_map(headers) else {
         return;
     };
+    if let Some(detail) = status.message().strip_prefix(PROST_DECODE_FAILED) {
+        let text = format!("grpc: error unmarshalling request: {}", gogo_decode_error(detail));
+        let _ = Status::internal(text).add_header(headers);
+        return;
+    }
     let Some(rest) = status.message().strip_prefix(TONIC_TOO_LARGE) else {
         return;
     };
@@ -79,6 +124,19 @@ pub fn rewrite_transport_status(headers: &mut http::HeaderMap) {
 #[cfg(test)]
 mod transport_tests {
     use super::*;
+
+    #[test]
+    fn undecodable_request_reads_as_gogoproto() {
+        assert_eq!(
+            gogo_decode_error("PutRequest.key: invalid wire type: Varint (expected LengthDelimited)"),
+            "proto: wrong wireType = 0 for field Key"
+        );
+        assert_eq!(
+            gogo_decode_error("RangeRequest.range_end: invalid wire type: ThirtyTwoBit (expected LengthDelimited)"),
+            "proto: wrong wireType = 5 for field RangeEnd"
+        );
+        assert_eq!(gogo_decode_error("PutRequest.value: buffer underflow"), "unexpected EOF");
+    }
 
     #[test]
     fn oversized_request_reads_as_grpc_go() {
