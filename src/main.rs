@@ -51,6 +51,11 @@ fn snapshot_command(args: &[String]) -> anyhow::Result<()> {
         [--skip-hash-check] [--storage-engine redb|sled] | keel snapshot status <file>";
     let Some(action) = args.first() else { anyhow::bail!(USAGE) };
     let mut opts = RestoreOptions::default();
+    // The server picks its engine from --storage-engine or KEEL_STORAGE_ENGINE; a restored
+    // directory must be in the engine the server will open.
+    if let Ok(engine) = std::env::var("KEEL_STORAGE_ENGINE") {
+        opts.engine = engine.parse()?;
+    }
     let mut file = None;
     let mut rest = args[1..].iter();
     while let Some(arg) = rest.next() {

@@ -387,3 +387,35 @@ fn etcdutl_accepts_our_snapshots() {
     assert!(out.status.success(), "etcdutl restore: {}", String::from_utf8_lossy(&out.stderr));
     assert!(restored.join("member/snap/db").is_file());
 }
+
+#[test]
+fn restore_checks_flags_and_refuses_an_existing_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("etcd.db");
+    std::fs::write(&file, ETCD_SNAPSHOT).unwrap();
+    let opts = |dir: &str| RestoreOptions {
+        snapshot: file.clone(),
+        data_dir: Some(tmp.path().join(dir)),
+        name: "m1".into(),
+        initial_cluster: "m1=http://127.0.0.1:2380,m2=http://127.0.0.1:2381".into(),
+        initial_advertise_peer_urls: vec!["http://127.0.0.1:2380".into()],
+        ..Default::default()
+    };
+    let report = restore_dir(&opts("ok")).unwrap();
+    assert_eq!((report.rows, report.revision), (13, 14));
+    assert!(tmp.path().join("ok/member/db").exists());
+
+    let err = restore_dir(&opts("ok")).unwrap_err().to_string();
+    assert!(err.contains("exists"), "{err}");
+    let err = restore_dir(&RestoreOptions { name: "m3".into(), ..opts("x") }).unwrap_err().to_string();
+    assert!(err.contains("couldn't find local name \"m3\""), "{err}");
+    let wrong_url = RestoreOptions { initial_advertise_peer_urls: vec!["http://other:1".into()], ..opts("y") };
+    assert!(restore_dir(&wrong_url).unwrap_err().to_string().contains("missing from --initial-advertise-peer-urls"));
+    // A damaged file fails its hash check and leaves no directory behind.
+    let mut bad = ETCD_SNAPSHOT.to_vec();
+    bad[3 * PAGE_SIZE] ^= 1;
+    std::fs::write(&file, &bad).unwrap();
+    assert!(matches!(restore_dir(&opts("z")), Err(crate::error::SnapshotError::HashMismatch { .. })));
+    assert!(!tmp.path().join("z").exists());
+    assert_eq!(RestoreOptions::default().data_dir(), std::path::PathBuf::from("default.etcd"));
+}
