@@ -197,7 +197,7 @@ impl Server {
     pub async fn start_prepared(
         kind: ServerKind,
         env: &[(&str, &str)],
-        prepare: &mut dyn FnMut(&Path, &str) -> Result<(), HarnessError>,
+        prepare: &mut (dyn FnMut(&Path, &str) -> Result<(), HarnessError> + Send),
     ) -> Result<Server, HarnessError> {
         let binary = match kind {
             ServerKind::Etcd => etcd_bin_dir().join("etcd"),
