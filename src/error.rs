@@ -68,3 +68,44 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Failures reading or writing etcd's snapshot file (a bbolt database with a sha256 trailer).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes are not a bbolt database we can read: bad meta pages, out-of-range page ids,
+    /// element offsets past their page, or a tree deeper than any real file.
+    #[error("invalid bbolt file: {0}")]
+    Format(String),
+    /// etcdutl's wording for a trailer that does not match the database bytes.
+    #[error("expected sha256 {expected}, got {actual}")]
+    HashMismatch { expected: String, actual: String },
+    /// etcdutl refuses a file without the trailer unless `--skip-hash-check` is given.
+    #[error("snapshot missing hash but --skip-hash-check=false")]
+    MissingHash,
+    /// A required etcd bucket or row is absent or malformed.
+    #[error("invalid etcd snapshot: {0}")]
+    Schema(String),
+    /// Keys handed to the writer must ascend strictly within a bucket.
+    #[error("bbolt writer: keys out of order in a bucket")]
+    Unsorted,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl SnapshotError {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        SnapshotError::Io { context: context.into(), source }
+    }
+}
+
+impl From<SnapshotError> for Error {
+    fn from(e: SnapshotError) -> Self {
+        Error::Internal(format!("snapshot: {e}"))
+    }
+}

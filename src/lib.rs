@@ -19,5 +19,6 @@ pub mod proto;
 pub mod raft;
 pub mod read;
 pub mod server;
+pub mod snapshot;
 pub mod storage;
 pub mod wal;

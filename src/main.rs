@@ -1,9 +1,15 @@
-//! The `keel` binary: parse etcd's flags, start logging, serve until SIGINT or SIGTERM.
+//! The `keel` binary: parse etcd's flags, start logging, serve until SIGINT or SIGTERM. `keel
+//! snapshot restore|status <file>` works on etcd snapshot files instead, with etcdutl's flags.
 
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The snapshot tool has etcdutl's flags, not the server's: dispatch before the server parses.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("snapshot") {
+        return snapshot_command(&args[2..]);
+    }
     let (config, warnings) = keel::config::parse()?;
     let filter = EnvFilter::try_from_env("KEEL_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{},openraft=warn", config.log_level.as_str())));
@@ -33,4 +39,82 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("received a signal to stop");
+}
+
+/// `keel snapshot restore <file> [--data-dir DIR] [--name N] [--initial-cluster C]
+/// [--initial-cluster-token T] [--initial-advertise-peer-urls U] [--skip-hash-check]
+/// [--storage-engine redb|sled]` and `keel snapshot status <file>`, as etcdutl's commands.
+fn snapshot_command(args: &[String]) -> anyhow::Result<()> {
+    use keel::snapshot::{self, RestoreOptions};
+    const USAGE: &str = "usage: keel snapshot restore <file> [--data-dir DIR] [--name NAME] \
+        [--initial-cluster CLUSTER] [--initial-cluster-token TOKEN] [--initial-advertise-peer-urls URLS] \
+        [--skip-hash-check] [--storage-engine redb|sled] | keel snapshot status <file>";
+    let Some(action) = args.first() else { anyhow::bail!(USAGE) };
+    let mut opts = RestoreOptions::default();
+    // The server picks its engine from --storage-engine or KEEL_STORAGE_ENGINE; a restored
+    // directory must be in the engine the server will open.
+    if let Ok(engine) = std::env::var("KEEL_STORAGE_ENGINE") {
+        opts.engine = engine.parse()?;
+    }
+    let mut file = None;
+    let mut rest = args[1..].iter();
+    while let Some(arg) = rest.next() {
+        let (flag, inline) = match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
+            Some(f) => match f.split_once('=') {
+                Some((f, v)) => (Some(f), Some(v.to_string())),
+                None => (Some(f), None),
+            },
+            None => (None, None),
+        };
+        let Some(flag) = flag else {
+            anyhow::ensure!(file.is_none(), "snapshot path must be given once\n{USAGE}");
+            file = Some(arg.clone());
+            continue;
+        };
+        if flag == "skip-hash-check" {
+            opts.skip_hash_check = inline.as_deref().map(|v| v == "true" || v == "1").unwrap_or(true);
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => rest.next().cloned().ok_or_else(|| anyhow::anyhow!("flag --{flag} needs a value\n{USAGE}"))?,
+        };
+        match flag {
+            "data-dir" => opts.data_dir = Some(value.into()),
+            "name" => opts.name = value,
+            "initial-cluster" => opts.initial_cluster = value,
+            "initial-cluster-token" => opts.initial_cluster_token = value,
+            "initial-advertise-peer-urls" => {
+                opts.initial_advertise_peer_urls = value.split(',').map(str::to_string).collect()
+            }
+            "storage-engine" => opts.engine = value.parse()?,
+            other => anyhow::bail!("unknown flag: --{other}\n{USAGE}"),
+        }
+    }
+    let Some(file) = file else { anyhow::bail!("snapshot path is required\n{USAGE}") };
+    opts.snapshot = file.into();
+    match action.as_str() {
+        "restore" => {
+            let report = snapshot::restore_dir(&opts)?;
+            eprintln!(
+                "restored snapshot {} into {}: {} revision rows, revision {}, compacted at {}",
+                opts.snapshot.display(),
+                opts.data_dir().display(),
+                report.rows,
+                report.revision,
+                report.compact_revision.map_or_else(|| "none".to_string(), |r| r.to_string()),
+            );
+            for skipped in &report.skipped {
+                eprintln!("skipped {skipped}");
+            }
+            Ok(())
+        }
+        "status" => {
+            let bytes = std::fs::read(&opts.snapshot)?;
+            let st = snapshot::status(snapshot::database(&bytes, true)?)?;
+            println!("{{\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}", st.revision, st.total_keys, st.total_size);
+            Ok(())
+        }
+        other => anyhow::bail!("unknown snapshot command {other:?}\n{USAGE}"),
+    }
 }

@@ -88,6 +88,28 @@ impl Node {
     }
 }
 
+impl Node {
+    /// This member's state as an etcd snapshot database (no trailer), written into `file`; returns
+    /// the file positioned at the database's end. The source of `Maintenance.Snapshot`.
+    pub fn write_etcd_snapshot(&self, file: std::fs::File) -> crate::error::Result<std::fs::File> {
+        use crate::snapshot::{ExportInfo, ExportMember};
+        let raft = self.raft_status();
+        let members = self
+            .members
+            .iter()
+            .map(|m| ExportMember {
+                id: m.id,
+                name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+                client_urls: m.client_urls.clone(),
+                is_learner: m.is_learner,
+            })
+            .collect();
+        let info = ExportInfo { consistent_index: raft.applied_index, term: raft.term, members };
+        Ok(crate::snapshot::etcd::export_to_file(self.engine().as_ref(), &info, file)?)
+    }
+}
+
 /// The last measured database size and when it was measured.
 #[derive(Default)]
 pub struct SizeCache(Mutex<Option<(Instant, SizeInfo)>>);

@@ -188,6 +188,17 @@ impl Server {
 
     /// Starts a fresh server with extra environment variables (kept across restarts).
     pub async fn start_with_env(kind: ServerKind, env: &[(&str, &str)]) -> Result<Server, HarnessError> {
+        Server::start_prepared(kind, env, &mut |_, _| Ok(())).await
+    }
+
+    /// Starts a server on a data directory that `prepare` builds first (e.g. by restoring a
+    /// snapshot), given the data directory (not yet existing) and the peer URL the server will use.
+    /// Called again, on a clean directory, if the start is retried on new ports.
+    pub async fn start_prepared(
+        kind: ServerKind,
+        env: &[(&str, &str)],
+        prepare: &mut (dyn FnMut(&Path, &str) -> Result<(), HarnessError> + Send),
+    ) -> Result<Server, HarnessError> {
         let binary = match kind {
             ServerKind::Etcd => etcd_bin_dir().join("etcd"),
             ServerKind::Keel => keel_bin(),
@@ -221,6 +232,7 @@ impl Server {
             let (client, peer) = free_port_pair()?;
             server.client_port = client;
             server.peer_port = peer;
+            prepare(&server.data_dir(), &server.peer_url())?;
             match server.spawn_and_wait().await {
                 Ok(()) => return Ok(server),
                 Err(err) => {
