@@ -10,6 +10,8 @@ pub mod api;
 pub mod apply;
 pub mod config;
 pub mod error;
+pub mod lease;
+pub mod lease_clock;
 pub mod mvcc;
 pub mod node;
 pub mod propose;

@@ -9,6 +9,7 @@ use openraft::ServerState;
 use sha1::{Digest, Sha1};
 
 use crate::apply::applier::Applier;
+use crate::lease_clock::LeaseClock;
 use crate::mvcc::MvccStore;
 use crate::raft::log_store::LogStore;
 use crate::raft::types::Raft;
@@ -43,6 +44,8 @@ pub struct Node {
     pub applier: Arc<Applier>,
     pub log_store: LogStore,
     pub request_ids: RequestIds,
+    /// The leader's lease deadlines (keep-alives, expiry).
+    pub leases: Arc<LeaseClock>,
 }
 
 impl Node {
