@@ -216,6 +216,12 @@ impl LeaseClock {
         at
     }
 
+    /// A grant proposed here was applied: start its clock now rather than at the task's next
+    /// look, so TimeToLive right after the grant says 59 for a 60 s lease, as etcd's does.
+    pub fn grant_applied(&self) {
+        self.absorb(Instant::now());
+    }
+
     /// Take in the lessor's grants and revokes since the last look.
     fn absorb(&self, now: Instant) {
         let changes = self.lessor.take_changes();
