@@ -156,11 +156,12 @@ impl LeaseClock {
     /// exist. An expired lease is not renewed: like etcd we wait until its revoke has been applied
     /// (so a client told "0" no longer sees its keys) and then answer 0.
     pub async fn keep_alive(&self, id: i64, patience: Duration) -> Result<i64> {
-        let mut revocations = self.lessor.revocations();
         match self.renew(id, Instant::now())? {
             Renewal::Renewed(ttl) => Ok(ttl),
             Renewal::NotFound => Ok(0),
             Renewal::Expired => {
+                // Subscribing after the check is safe: the loop looks at the lessor first.
+                let mut revocations = self.lessor.revocations();
                 let gone = async {
                     while self.lessor.contains(id) {
                         if revocations.changed().await.is_err() {
@@ -319,9 +320,8 @@ impl LeaseClock {
     }
 
     async fn run(self: Arc<Self>, node: Arc<Node>) {
-        let mut tokens = REVOKE_RATE / 2.0;
-        let mut last = Instant::now();
-        let mut next_checkpoint = after_duration(last, self.settings.checkpoint_interval);
+        let mut budget = RevokeBudget::new(Instant::now());
+        let mut next_checkpoint = after_duration(Instant::now(), self.settings.checkpoint_interval);
         loop {
             let now = Instant::now();
             let leader = node.raft_status().is_leader;
@@ -332,10 +332,9 @@ impl LeaseClock {
             }
             self.absorb(now);
             if self.is_primary() {
-                // A token bucket: etcd revokes up to 500 leases every 500 ms.
-                tokens = (tokens + (now - last).as_secs_f64() * REVOKE_RATE).min(REVOKE_RATE / 2.0);
-                for id in self.take_expired(now, tokens as usize) {
-                    tokens -= 1.0;
+                let expired = self.take_expired(now, budget.available(now));
+                budget.spend(expired.len());
+                for id in expired {
                     let node = node.clone();
                     tokio::spawn(async move {
                         let req = LeaseRevokeRequest { id };
@@ -354,7 +353,6 @@ impl LeaseClock {
                     next_checkpoint = after_duration(Instant::now(), self.settings.checkpoint_interval);
                 }
             }
-            last = now;
             let wake = self.queue().next().map_or(TICK, |at| at.saturating_duration_since(Instant::now()).min(TICK));
             tokio::time::sleep(wake.max(Duration::from_millis(5))).await;
         }
@@ -362,6 +360,33 @@ impl LeaseClock {
 
     fn queue(&self) -> MutexGuard<'_, ExpiryQueue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// etcd's revoke pacing as a token bucket: up to 500 revokes at once (etcd revokes at most 500
+/// every 500 ms), refilled at `REVOKE_RATE` per second, so a mass expiry cannot flood the log.
+struct RevokeBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RevokeBudget {
+    const BURST: f64 = REVOKE_RATE / 2.0;
+
+    fn new(now: Instant) -> RevokeBudget {
+        RevokeBudget { tokens: Self::BURST, last: now }
+    }
+
+    /// How many revokes may be proposed at `now`.
+    fn available(&mut self, now: Instant) -> usize {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * REVOKE_RATE;
+        self.tokens = (self.tokens + refill).min(Self::BURST);
+        self.last = now;
+        self.tokens.max(0.0) as usize
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
     }
 }
 

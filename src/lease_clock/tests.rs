@@ -207,3 +207,27 @@ async fn keep_alive_of_an_expired_lease_waits_for_its_revoke() {
     assert_eq!(waiter.await.unwrap().unwrap(), 0);
     assert_eq!(f.clock.keep_alive(1, Duration::from_secs(5)).await.unwrap(), 0);
 }
+
+#[test]
+fn revokes_are_paced_at_etcds_rate() {
+    let t0 = Instant::now();
+    let mut b = RevokeBudget::new(t0);
+    assert_eq!(b.available(t0), 500);
+    b.spend(500);
+    assert_eq!(b.available(t0), 0);
+    assert_eq!(b.available(t0 + Duration::from_millis(100)), 100);
+    b.spend(100);
+    // Never more than a burst, however long it was idle.
+    assert_eq!(b.available(t0 + 60 * S), 500);
+    // 3000 expired leases take about 2.5 s: 500 at once, then 1000 per second.
+    let mut b = RevokeBudget::new(t0);
+    let (mut done, mut t) = (0usize, t0);
+    while done < 3000 {
+        let n = b.available(t).min(3000 - done);
+        b.spend(n);
+        done += n;
+        t += Duration::from_millis(100);
+    }
+    let took = t - t0;
+    assert!(took >= Duration::from_millis(2500) && took <= Duration::from_millis(2700), "{took:?}");
+}
