@@ -71,6 +71,10 @@ enum Op {
         leases: u64,
         #[arg(long, default_value_t = 600)]
         ttl: i64,
+        /// A new stream for every keep-alive (clientv3's KeepAliveOnce, which etcd's own
+        /// `benchmark lease-keepalive` uses) instead of one long-lived stream per client.
+        #[arg(long)]
+        once: bool,
     },
 }
 
@@ -128,6 +132,7 @@ async fn lease_keepalive(
     channels: &[Channel],
     leases: u64,
     ttl: i64,
+    once: bool,
 ) -> anyhow::Result<(Vec<Duration>, u64, f64)> {
     let mut grant = LeaseClient::new(channels[0].clone());
     let mut ids = Vec::new();
@@ -144,6 +149,24 @@ async fn lease_keepalive(
         let (ids, next, errors, total) = (ids.clone(), next.clone(), errors.clone(), args.total);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            if once {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return latencies;
+                    }
+                    let t = Instant::now();
+                    let req = LeaseKeepAliveRequest { id: ids[(n % ids.len() as u64) as usize] };
+                    let ok = match client.lease_keep_alive(tokio_stream::iter(vec![req])).await {
+                        Ok(replies) => matches!(replies.into_inner().message().await, Ok(Some(r)) if r.ttl > 0),
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    latencies.push(t.elapsed());
+                }
+            }
             let (tx, rx) = tokio::sync::mpsc::channel::<LeaseKeepAliveRequest>(1);
             let mut n = next.fetch_add(1, Ordering::Relaxed);
             if n >= total {
@@ -218,10 +241,10 @@ async fn main() -> anyhow::Result<()> {
         c.put(PutRequest { key: key.clone().into_bytes(), value: vec![b'v'; 256], ..Default::default() }).await?;
     }
 
-    if let Op::LeaseKeepalive { leases, ttl } = &args.op {
-        let (mut all, errors, elapsed) = lease_keepalive(&args, &channels, *leases, *ttl).await?;
+    if let Op::LeaseKeepalive { leases, ttl, once } = &args.op {
+        let (mut all, errors, elapsed) = lease_keepalive(&args, &channels, *leases, *ttl, *once).await?;
         all.sort_unstable();
-        report(&args, "lease-keepalive", &all, errors, elapsed);
+        report(&args, if *once { "lease-keepalive-once" } else { "lease-keepalive" }, &all, errors, elapsed);
         return Ok(());
     }
 
