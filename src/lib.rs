@@ -5,6 +5,10 @@
 //! (`storage`, sled or redb). Reads (`read`) confirm leadership through raft's read index and then
 //! read `mvcc` directly, never through the log. `node` is the handle every service shares, `server`
 //! boots and stops it all, `config` speaks etcd's flags.
+//!
+//! Leases: `apply` keeps the replicated lease state in `lease` (the lessor: TTLs, checkpoints,
+//! attached keys); the leader's `lease_clock` holds the deadlines, answers keep-alives without
+//! raft and proposes revokes and remaining-TTL checkpoints through `propose`.
 
 pub mod api;
 pub mod apply;
