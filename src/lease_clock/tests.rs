@@ -148,7 +148,7 @@ fn promotion_resumes_from_the_checkpoint_not_the_full_ttl() {
     f.grant(2, 30);
     f.clock.absorb(t0);
     // Six seconds later the leader checkpoints what is left: 24 s (rounded up).
-    let cps = f.clock.checkpoints(t0 + 6 * S);
+    let cps = f.clock.checkpoints(t0 + 6 * S, false);
     assert_eq!(cps.iter().map(|c| (c.id, c.remaining_ttl)).collect::<Vec<_>>(), vec![(1, 24), (2, 24)]);
     f.checkpoint(&cps[..1]);
     // Leadership moves (or the member restarts) and comes back much later.
@@ -172,8 +172,31 @@ fn checkpoints_round_up_and_skip_expired_leases() {
     f.grant(1, 10);
     f.grant(2, 2);
     f.clock.absorb(t0);
-    let cps = f.clock.checkpoints(t0 + Duration::from_millis(2500));
+    let cps = f.clock.checkpoints(t0 + Duration::from_millis(2500), true);
     assert_eq!(cps.iter().map(|c| (c.id, c.remaining_ttl)).collect::<Vec<_>>(), vec![(1, 8)]);
+}
+
+#[test]
+fn periodic_checkpoints_only_write_what_drifted() {
+    let f = fixture();
+    let t0 = Instant::now();
+    f.clock.promote(t0);
+    f.grant(1, 30);
+    f.grant(2, 3600);
+    f.clock.absorb(t0);
+    let ids = |cps: &[LeaseCheckpoint]| cps.iter().map(|c| (c.id, c.remaining_ttl)).collect::<Vec<_>>();
+    // Under the tolerance (5 s; 360 s for the hour-long lease): nothing to write.
+    assert!(f.clock.checkpoints(t0 + 4 * S, false).is_empty());
+    let cps = f.clock.checkpoints(t0 + 6 * S, false);
+    assert_eq!(ids(&cps), vec![(1, 24)]);
+    f.checkpoint(&cps);
+    assert!(f.clock.checkpoints(t0 + 8 * S, false).is_empty());
+    // A renewal puts lease 1 well above its checkpoint: written again.
+    f.clock.renew(1, t0 + 9 * S).unwrap();
+    assert_eq!(ids(&f.clock.checkpoints(t0 + 9 * S, false)), vec![(1, 30)]);
+    assert_eq!(ids(&f.clock.checkpoints(t0 + 400 * S, false)), vec![(2, 3200)]);
+    // Shutdown writes everything.
+    assert_eq!(ids(&f.clock.checkpoints(t0 + 9 * S, true)), vec![(1, 30), (2, 3591)]);
 }
 
 #[test]
