@@ -210,13 +210,14 @@ pub fn lease_scenarios() -> Vec<Scenario> {
         Scenario::new(
             "lease_keepalive_extends_life",
             vec![
+                // Each wait leaves a second before the 2 s lease would expire.
                 grant(601, 2),
                 put("k", 601),
-                wait_ms(1200),
+                wait_ms(1000),
                 keep_alive(&[601]),
-                wait_ms(1200),
+                wait_ms(1000),
                 keep_alive(&[601]),
-                wait_ms(1200),
+                wait_ms(1000),
                 get("k"),
                 ttl(601),
             ],

@@ -1,4 +1,5 @@
-//! Lease deadlines across restarts — where Keel deliberately differs from etcd 3.5.16.
+//! Keel-only lease checks: deadlines across restarts — where Keel deliberately differs from etcd
+//! 3.5.16 — and a mass expiry.
 //!
 //! etcd keeps a lease's remaining time only in the leader's memory, so a restart (or a new leader)
 //! re-arms every lease to its full TTL plus one election timeout (etcd issues 9395 and 9888;
@@ -69,4 +70,56 @@ async fn leases_resume_with_their_remaining_ttl_after_restart() {
     let first = ttl(&keel, 1).await;
     eprintln!("keel after a crash 11 s into a 30 s lease: {after_crash}; lease 1 now: {first}");
     assert!((4..=12).contains(&first), "keel lease 1 after the second restart: {first}");
+}
+
+/// Many leases expiring together: every one is revoked exactly once (one revision each, so the
+/// revision moves by exactly the number of leases), all their keys go, and the revokes are paced
+/// (≤ 1000/s after a burst of 500). `KEEL_SOAK=1` runs 3000 leases instead of 300.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_expiry_revokes_every_lease_once() {
+    let soak = std::env::var("KEEL_SOAK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let n: i64 = if soak { 3000 } else { 300 };
+    let keel = Server::start(ServerKind::Keel).await.expect("keel starts");
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (lease, kv) = (keel.lease().await.expect("lease client"), keel.kv().await.expect("kv client"));
+        tasks.push(tokio::spawn(async move {
+            let (mut lease, mut kv) = (lease, kv);
+            for id in (1..=n).filter(|id| id % 8 == w) {
+                lease.lease_grant(LeaseGrantRequest { id, ttl: 2 }).await.expect("grant");
+                let key = format!("mass/{id:05}");
+                kv.put(PutRequest { key: key.into(), value: b"v".to_vec(), lease: id, ..Default::default() })
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("granting task");
+    }
+    let mut kv = keel.kv().await.expect("kv client");
+    let count = |r: keel::proto::etcdserverpb::RangeResponse| (r.count, r.header.map_or(0, |h| h.revision));
+    let all = || RangeRequest {
+        key: b"mass/".to_vec(),
+        range_end: b"mass0".to_vec(),
+        count_only: true,
+        ..Default::default()
+    };
+    // Leases may start expiring while later ones are still being granted; the revision tells
+    // anyway: one per put and one per revoke (a grant bumps nothing), from 1 on a fresh server.
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(if soak { 30 } else { 15 });
+    loop {
+        let (live, rev) = count(kv.range(all()).await.expect("range").into_inner());
+        if live == 0 {
+            assert_eq!(rev, 1 + 2 * n, "one revision per put and per revoked lease");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{live} of {n} keys still live");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lease = keel.lease().await.expect("lease client");
+    let left = lease.lease_leases(keel::proto::etcdserverpb::LeaseLeasesRequest {}).await.expect("leases");
+    assert!(left.into_inner().leases.is_empty());
+    eprintln!("{n} leases expired and revoked in {:?} after the last grant", started.elapsed());
 }
