@@ -249,14 +249,14 @@ impl LeaseClock {
         }
     }
 
-    /// Expired leases to revoke now, at most `limit`; each is re-armed `REVOKE_RETRY` ahead so
-    /// that it is proposed again if this revoke is lost.
+    /// Expired leases to revoke now, at most `limit`; each is looked at again `REVOKE_RETRY` later
+    /// so that it is proposed again if this revoke is lost (it stays expired meanwhile).
     fn take_expired(&self, now: Instant, limit: usize) -> Vec<i64> {
         let mut q = self.queue();
         let mut out = Vec::new();
         for (id, epoch) in q.due(now, limit) {
             if self.lessor.get(id).is_some_and(|i| i.epoch == epoch) {
-                q.arm(id, epoch, after_duration(now, REVOKE_RETRY));
+                q.recheck(id, after_duration(now, REVOKE_RETRY));
                 out.push(id);
             } else {
                 q.remove(id, epoch);

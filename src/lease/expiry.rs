@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slot {
+    /// The lease's deadline.
     at: Instant,
+    /// When the leader looks at it next: the deadline, or later once its revoke was proposed.
+    check: Instant,
     epoch: u64,
 }
 
@@ -15,16 +18,28 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct ExpiryQueue {
     by_id: HashMap<i64, Slot>,
+    /// (check time, id), soonest first.
     order: BTreeSet<(Instant, i64)>,
 }
 
 impl ExpiryQueue {
     /// Set (or move) the deadline of lease `id`.
     pub fn arm(&mut self, id: i64, epoch: u64, at: Instant) {
-        if let Some(old) = self.by_id.insert(id, Slot { at, epoch }) {
-            self.order.remove(&(old.at, id));
+        if let Some(old) = self.by_id.insert(id, Slot { at, check: at, epoch }) {
+            self.order.remove(&(old.check, id));
         }
         self.order.insert((at, id));
+    }
+
+    /// Look at lease `id` again at `check` without moving its deadline: its revoke was proposed
+    /// and is retried then if it has not landed (etcd re-queues the heap item, not the expiry, so
+    /// the lease stays expired for keep-alives meanwhile).
+    pub fn recheck(&mut self, id: i64, check: Instant) {
+        if let Some(slot) = self.by_id.get_mut(&id) {
+            self.order.remove(&(slot.check, id));
+            slot.check = check;
+            self.order.insert((check, id));
+        }
     }
 
     /// The deadline armed for this grant of lease `id`; None if none is, or if it was armed for an
@@ -43,7 +58,7 @@ impl ExpiryQueue {
     /// Forget lease `id` whatever grant it was armed for.
     pub fn forget(&mut self, id: i64) {
         if let Some(old) = self.by_id.remove(&id) {
-            self.order.remove(&(old.at, id));
+            self.order.remove(&(old.check, id));
         }
     }
 
@@ -60,13 +75,13 @@ impl ExpiryQueue {
         self.by_id.is_empty()
     }
 
-    /// The earliest deadline.
+    /// When the leader should look next.
     pub fn next(&self) -> Option<Instant> {
         self.order.first().map(|(at, _)| *at)
     }
 
-    /// Up to `limit` leases whose deadline is at or before `now`, earliest first, as (id, epoch).
-    /// They stay queued: the caller re-arms or removes each.
+    /// Up to `limit` leases due to be looked at (deadline, or recheck time, at or before `now`),
+    /// earliest first, as (id, epoch). They stay queued: the caller rechecks or removes each.
     pub fn due(&self, now: Instant, limit: usize) -> Vec<(i64, u64)> {
         self.order
             .iter()
@@ -109,6 +124,21 @@ mod tests {
         assert_eq!(q.len(), 3);
         assert_eq!(q.due(t0 + 2 * s, 10), vec![(3, 1)]);
         assert_eq!(q.next(), Some(t0 + 2 * s));
+    }
+
+    #[test]
+    fn recheck_moves_the_look_not_the_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut q = ExpiryQueue::default();
+        q.arm(1, 1, t0 + s);
+        q.recheck(1, t0 + 4 * s);
+        assert_eq!(q.deadline(1, 1), Some(t0 + s));
+        assert!(q.due(t0 + 2 * s, 10).is_empty());
+        assert_eq!(q.next(), Some(t0 + 4 * s));
+        assert_eq!(q.due(t0 + 4 * s, 10), vec![(1, 1)]);
+        q.forget(1);
+        assert!(q.is_empty() && q.next().is_none());
     }
 
     #[test]

@@ -112,8 +112,11 @@ fn expired_leases_are_handed_out_once_then_retried() {
     assert!(f.clock.take_expired(t0 + S, 100).is_empty());
     assert_eq!(f.clock.take_expired(t0 + 5 * S, 1), vec![1]);
     assert_eq!(f.clock.take_expired(t0 + 5 * S, 100), vec![2]);
-    // Proposed already: not again until the retry interval has passed.
+    // Proposed already: not again until the retry interval has passed...
     assert!(f.clock.take_expired(t0 + 6 * S, 100).is_empty());
+    // ...and still expired for keep-alives and TimeToLive meanwhile.
+    assert_eq!(f.clock.renew(2, t0 + 6 * S).unwrap(), Renewal::Expired);
+    assert_eq!(f.ttl(2, t0 + 6 * S), -3);
     f.revoke(1);
     f.clock.absorb(t0 + 6 * S);
     assert_eq!(f.clock.take_expired(t0 + 9 * S, 100), vec![2]);
