@@ -282,6 +282,13 @@ impl Lessor {
         if events.is_empty() {
             return;
         }
+        // Most writes touch no lease at all: look before taking the write lock.
+        let involved = |st: &State| {
+            events.iter().filter_map(|ev| ev.kv.as_ref()).any(|kv| kv.lease != 0 || st.owner.contains_key(&kv.key))
+        };
+        if !involved(&self.read()) {
+            return;
+        }
         let mut st = self.write();
         for ev in events {
             let Some(kv) = &ev.kv else {
