@@ -6,12 +6,18 @@
 //! read `mvcc` directly, never through the log. `node` is the handle every service shares, `server`
 //! boots and stops it all, `config` speaks etcd's flags, and `auto_compact` is the leader's
 //! periodic Compact proposer.
+//!
+//! Leases: `apply` keeps the replicated lease state in `lease` (the lessor: TTLs, checkpoints,
+//! attached keys); the leader's `lease_clock` holds the deadlines, answers keep-alives without
+//! raft and proposes revokes and remaining-TTL checkpoints through `propose`.
 
 pub mod api;
 pub mod apply;
 pub mod auto_compact;
 pub mod config;
 pub mod error;
+pub mod lease;
+pub mod lease_clock;
 pub mod mvcc;
 pub mod node;
 pub mod propose;

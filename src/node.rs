@@ -9,6 +9,7 @@ use openraft::ServerState;
 use sha1::{Digest, Sha1};
 
 use crate::apply::applier::Applier;
+use crate::lease_clock::LeaseClock;
 use crate::mvcc::MvccStore;
 use crate::raft::log_store::LogStore;
 use crate::raft::types::Raft;
@@ -45,6 +46,8 @@ pub struct Node {
     pub request_ids: RequestIds,
     pub db_size: SizeCache,
     pub read_batcher: crate::read::ReadBatcher,
+    /// The leader's lease deadlines (keep-alives, expiry).
+    pub leases: Arc<LeaseClock>,
 }
 
 impl Node {

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::apply::applier::Applier;
 use crate::config::Config;
+use crate::lease_clock::{LeaseClock, LeaseSettings};
 use crate::node::{self, Limits, MemberInfo, Node};
 use crate::raft::types::PeerNode;
 use crate::raft::{self, RaftSettings};
@@ -85,6 +86,8 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         max_txn_ops: config.max_txn_ops as usize,
         request_timeout: Duration::from_secs(5) + 2 * config.election_timeout(),
     };
+    let lease_settings = LeaseSettings::new(config.heartbeat_interval(), config.election_timeout());
+    let leases = Arc::new(LeaseClock::new(applier.lessor().clone(), lease_settings));
     let node = Arc::new(Node {
         member_id: me.id,
         cluster_id,
@@ -97,8 +100,11 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         request_ids: Default::default(),
         db_size: Default::default(),
         read_batcher: Default::default(),
+        leases,
     });
     wait_for_leader(&node, Duration::from_secs(30)).await?;
+    // Lease expiry is the leader's job; the task follows leadership from here on.
+    node.leases.start(node.clone());
 
     spawn_storage_sync(node.clone());
     if let Some(policy) = config.auto_compaction() {
@@ -198,6 +204,8 @@ fn spawn_storage_sync(node: Arc<Node>) {
 
 /// Stop raft, then make what it applied durable and stop the WAL writer.
 async fn shut_down(node: &Node) -> anyhow::Result<()> {
+    // Before raft stops: the last remaining-TTL checkpoint goes through the log.
+    node.leases.stop(node).await;
     node.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     node.engine().sync().context("sync storage")?;
     node.log_store.close();

@@ -131,7 +131,9 @@ fn maskers() -> Option<&'static Maskers> {
     static MASKERS: OnceLock<Option<Maskers>> = OnceLock::new();
     MASKERS
         .get_or_init(|| {
-            let rules: [(&str, &'static str); 12] = [
+            let rules: [(&str, &'static str); 13] = [
+                // Lease TTLs print as Go-like durations but are numbers to compare exactly.
+                (r"\b(TTL|remaining)\((-?\d+)s\)", "$1(${2} seconds)"),
                 (r#""cluster_id":\d+"#, r#""cluster_id":<cluster_id>"#),
                 (r#""member_id":\d+"#, r#""member_id":<member_id>"#),
                 (r#""raft_term":\d+"#, r#""raft_term":<raft_term>"#),
@@ -215,11 +217,64 @@ pub fn mask_output(output: &CmdOutput, mode: Mask) -> CmdOutput {
 /// Runs every command of `case` on `server`, returning masked outputs.
 pub async fn run_case(server: &Server, case: &Case) -> Result<Vec<CmdOutput>, HarnessError> {
     let mut outputs = Vec::with_capacity(case.cmds.len());
+    let mut leases = LeaseIds::default();
     for cmd in &case.cmds {
-        let out = run_cmd(server, cmd).await?;
-        outputs.push(mask_output(&out, cmd.mask));
+        let cmd = leases.substitute(cmd);
+        let out = run_cmd(server, &cmd).await?;
+        leases.capture(&cmd, &out);
+        outputs.push(leases.mask(mask_output(&out, cmd.mask)));
     }
     Ok(outputs)
+}
+
+/// Lease ids the servers picked in `lease grant` (each server picks its own): a later argument
+/// `$L1`, `$L2`, … stands for the first, second, … id granted in the case, and every id in an
+/// output is shown as `<lease1>`, `<lease2>`, … (etcdctl prints them in hex, and in decimal in JSON).
+#[derive(Default)]
+struct LeaseIds {
+    /// (hex, decimal) of each granted id, in order.
+    ids: Vec<(String, String)>,
+}
+
+impl LeaseIds {
+    fn substitute(&self, cmd: &Cmd) -> Cmd {
+        let mut out = cmd.clone();
+        for arg in &mut out.args {
+            // Highest numbers first, so `$L1` does not eat the front of `$L10`.
+            for (n, (hex, _)) in self.ids.iter().enumerate().rev() {
+                *arg = arg.replace(&format!("$L{}", n + 1), hex);
+            }
+        }
+        out
+    }
+
+    fn capture(&mut self, cmd: &Cmd, out: &CmdOutput) {
+        if cmd.args.first().map(String::as_str) != Some("lease") || cmd.args.get(1).map(String::as_str) != Some("grant")
+        {
+            return;
+        }
+        static TEXT: OnceLock<Option<Regex>> = OnceLock::new();
+        static JSON: OnceLock<Option<Regex>> = OnceLock::new();
+        let text = TEXT.get_or_init(|| Regex::new(r"lease ([0-9a-f]+) granted with TTL").ok()).as_ref();
+        let json = JSON.get_or_init(|| Regex::new(r#""ID":(\d+)"#).ok()).as_ref();
+        let id = text
+            .and_then(|re| re.captures(&out.stdout))
+            .and_then(|c| i64::from_str_radix(&c[1], 16).ok())
+            .or_else(|| json.and_then(|re| re.captures(&out.stdout)).and_then(|c| c[1].parse::<i64>().ok()));
+        if let Some(id) = id {
+            self.ids.push((format!("{id:016x}"), id.to_string()));
+        }
+    }
+
+    fn mask(&self, mut out: CmdOutput) -> CmdOutput {
+        for (n, (hex, dec)) in self.ids.iter().enumerate() {
+            let name = format!("<lease{}>", n + 1);
+            for text in [&mut out.stdout, &mut out.stderr] {
+                *text = text.replace(hex.as_str(), &name).replace(dec.as_str(), &name);
+            }
+        }
+        out
+    }
 }
 
 /// With `KEEL_COMPAT_DUMP=<dir>`, writes `<dir>/etcdctl.<case>.<role>-<kind>.txt` (masked outputs).
@@ -431,6 +486,47 @@ pub fn all_cases() -> Vec<Case> {
                 cmd("compaction --physical 4"),
                 cmd("get x --rev=4 -w json"),
                 cmd("compaction 100"),
+            ],
+        },
+        Case {
+            name: "lease_grant_revoke_timetolive",
+            cmds: vec![
+                cmd("lease grant 60"),
+                // Raised to the 2 s minimum; revoked at once so its expiry cannot race the case.
+                cmd("lease grant 1"),
+                cmd("lease timetolive --keys $L2"),
+                cmd("lease revoke $L2"),
+                cmd("lease grant 30"),
+                cmd("put --lease=$L1 k1 v1"),
+                cmd("get k1 -w json"),
+                cmd("lease timetolive $L1"),
+                cmd("lease timetolive --keys $L1"),
+                // Soonest expiry first.
+                cmd("lease list"),
+                cmd("lease keep-alive --once $L1"),
+                cmd("lease revoke $L1"),
+                cmd("get k1"),
+                cmd("lease timetolive $L1"),
+                cmd("lease revoke $L1"),
+                cmd("lease keep-alive --once $L1"),
+                cmd("lease list"),
+                cmd("lease grant 9000000001"),
+                cmd("lease timetolive 1234abcd"),
+                cmd("put --lease=1234abcd k2 v2"),
+                cmd("lease revoke zz"),
+            ],
+        },
+        Case {
+            name: "lease_json_output",
+            cmds: vec![
+                cmd("lease grant 30 -w json"),
+                cmd("put --lease=$L1 a 1 -w json"),
+                cmd("lease timetolive --keys $L1 -w json"),
+                cmd("lease list -w json"),
+                cmd("lease keep-alive --once $L1 -w json"),
+                cmd("lease revoke $L1 -w json"),
+                cmd("lease timetolive $L1 -w json"),
+                cmd("get a -w json"),
             ],
         },
         Case {

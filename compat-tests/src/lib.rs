@@ -4,6 +4,8 @@
 
 pub mod diff;
 pub mod etcdctl;
+pub mod lease_ids;
+pub mod lease_scenarios;
 pub mod runner;
 pub mod scenario;
 pub mod scenarios;

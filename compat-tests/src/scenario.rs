@@ -8,9 +8,13 @@ use keel::proto::etcdserverpb::kv_client::KvClient;
 use keel::proto::etcdserverpb::lease_client::LeaseClient;
 use keel::proto::etcdserverpb::{
     response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
-    LeaseGrantResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use tonic::transport::Channel;
+
+use crate::lease_ids::AutoLeases;
 
 use crate::diff;
 use crate::server::{HarnessError, Server, ServerKind, RPC_TIMEOUT};
@@ -23,8 +27,15 @@ pub enum Step {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
-    /// Grants a lease with a caller-chosen ID (random IDs would never compare equal).
+    /// Grants a lease. With ID 0 the server picks one; the harness then names it
+    /// [`crate::lease_ids::auto_lease`]`(n)` (the n-th picked id) in later requests and outcomes,
+    /// since picked ids never compare equal between two servers.
     LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
+    LeaseTimeToLive(LeaseTimeToLiveRequest),
+    LeaseLeases,
+    /// Opens one keep-alive stream, sends each id in turn and waits for each reply.
+    LeaseKeepAlive(Vec<i64>),
     /// Sleeps, e.g. to let a background compaction finish.
     Wait(Duration),
     /// Graceful stop, then start on the same data dir and ports.
@@ -42,7 +53,15 @@ pub enum Outcome {
     Txn(TxnResponse),
     Compact(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
-    Error { code: tonic::Code, message: String },
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseTimeToLive(LeaseTimeToLiveResponse),
+    LeaseLeases(LeaseLeasesResponse),
+    /// The replies of one keep-alive stream, in order, then how it ended (None = still open).
+    LeaseKeepAlive(Vec<LeaseKeepAliveResponse>, Option<(tonic::Code, String)>),
+    Error {
+        code: tonic::Code,
+        message: String,
+    },
     Waited,
     Restarted,
 }
@@ -132,8 +151,9 @@ impl Clients {
 pub async fn run_steps(server: &mut Server, steps: &[Step]) -> Result<Vec<Outcome>, HarnessError> {
     let mut clients = Clients::new(server).await?;
     let mut outcomes = Vec::with_capacity(steps.len());
+    let mut auto = AutoLeases::default();
     for step in steps {
-        let outcome = match step.clone() {
+        let outcome = match auto.resolve_step(step.clone()) {
             Step::Range(req) => match timed(clients.kv.range(req)).await {
                 Ok(mut r) => {
                     normalise_header(&mut r.header);
@@ -172,10 +192,37 @@ pub async fn run_steps(server: &mut Server, steps: &[Step]) -> Result<Vec<Outcom
             Step::LeaseGrant(req) => match timed(clients.lease.lease_grant(req)).await {
                 Ok(mut r) => {
                     normalise_header(&mut r.header);
+                    if req.id == 0 {
+                        auto.picked(r.id);
+                    }
                     Outcome::LeaseGrant(r)
                 }
                 Err(s) => error_outcome(s),
             },
+            Step::LeaseRevoke(req) => match timed(clients.lease.lease_revoke(req)).await {
+                Ok(mut r) => {
+                    normalise_header(&mut r.header);
+                    Outcome::LeaseRevoke(r)
+                }
+                Err(s) => error_outcome(s),
+            },
+            Step::LeaseTimeToLive(req) => match timed(clients.lease.lease_time_to_live(req)).await {
+                Ok(mut r) => {
+                    normalise_header(&mut r.header);
+                    // etcd lists the keys in Go map order (random); compare them as a set.
+                    r.keys.sort();
+                    Outcome::LeaseTimeToLive(r)
+                }
+                Err(s) => error_outcome(s),
+            },
+            Step::LeaseLeases => match timed(clients.lease.lease_leases(LeaseLeasesRequest {})).await {
+                Ok(mut r) => {
+                    normalise_header(&mut r.header);
+                    Outcome::LeaseLeases(r)
+                }
+                Err(s) => error_outcome(s),
+            },
+            Step::LeaseKeepAlive(ids) => keep_alive(&mut clients, &ids).await,
             Step::Wait(d) => {
                 tokio::time::sleep(d).await;
                 Outcome::Waited
@@ -192,6 +239,7 @@ pub async fn run_steps(server: &mut Server, steps: &[Step]) -> Result<Vec<Outcom
                 Outcome::Restarted
             }
         };
+        let outcome = auto.name_outcome(outcome);
         // A server that stopped answering would make every later step wait out its own deadline;
         // the transcript already differs here, so stop.
         let stalled = matches!(&outcome, Outcome::Error { code: tonic::Code::DeadlineExceeded, message }
@@ -202,6 +250,43 @@ pub async fn run_steps(server: &mut Server, steps: &[Step]) -> Result<Vec<Outcom
         }
     }
     Ok(outcomes)
+}
+
+/// One keep-alive stream: each id is sent only after the previous reply arrived.
+async fn keep_alive(clients: &mut Clients, ids: &[i64]) -> Outcome {
+    use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+    let (tx, rx) = tokio::sync::mpsc::channel(ids.len().max(1));
+    // grpc-go sends a stream's response headers with its first reply, so the call only returns
+    // once the first request has been answered: queue that request before opening.
+    if let Some(first) = ids.first() {
+        let _ = tx.send(LeaseKeepAliveRequest { id: *first }).await;
+    }
+    let opened = timed(clients.lease.lease_keep_alive(ReceiverStream::new(rx))).await;
+    let mut replies_stream = match opened {
+        Ok(s) => s,
+        Err(s) => return error_outcome(s),
+    };
+    let mut replies = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 && tx.send(LeaseKeepAliveRequest { id: *id }).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(RPC_TIMEOUT, replies_stream.message()).await {
+            Ok(Ok(Some(mut r))) => {
+                normalise_header(&mut r.header);
+                replies.push(r);
+            }
+            Ok(Ok(None)) => return Outcome::LeaseKeepAlive(replies, Some((tonic::Code::Ok, "closed".into()))),
+            Ok(Err(s)) => {
+                return Outcome::LeaseKeepAlive(replies, Some((s.code(), mask_error_message(s.message()))));
+            }
+            Err(_) => {
+                let msg = format!("{HARNESS_DEADLINE} {RPC_TIMEOUT:?}");
+                return Outcome::LeaseKeepAlive(replies, Some((tonic::Code::DeadlineExceeded, msg)));
+            }
+        }
+    }
+    Outcome::LeaseKeepAlive(replies, None)
 }
 
 /// Short, readable rendering of a step (long byte strings abbreviated).

@@ -204,6 +204,7 @@ pub fn all_scenarios() -> Vec<Scenario> {
     v.extend(txn_scenarios());
     v.extend(compact_scenarios());
     v.extend(restart_scenarios());
+    v.extend(crate::lease_scenarios::lease_scenarios());
     v
 }
 

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod header;
 pub mod health;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod pending;
 pub mod status;
@@ -33,7 +34,7 @@ pub fn routes(node: Arc<Node>, max_recv: usize) -> Routes {
     }
     Routes::new(limited!(KvServer::new(kv::KvService::new(node.clone()))))
         .add_service(limited!(WatchServer::new(pending::PendingWatch)))
-        .add_service(limited!(LeaseServer::new(pending::PendingLease)))
+        .add_service(limited!(LeaseServer::new(lease::LeaseService::new(node.clone()))))
         .add_service(limited!(ClusterServer::new(cluster::ClusterService::new(node.clone()))))
         .add_service(limited!(MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))))
         .add_service(limited!(AuthServer::new(pending::PendingAuth)))

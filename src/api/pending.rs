@@ -32,49 +32,6 @@ impl pb::watch_server::Watch for PendingWatch {
     }
 }
 
-/// `Lease`: not served yet.
-pub struct PendingLease;
-
-#[tonic::async_trait]
-impl pb::lease_server::Lease for PendingLease {
-    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
-
-    async fn lease_grant(
-        &self,
-        _request: Request<pb::LeaseGrantRequest>,
-    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        Err(not_yet("Lease.LeaseGrant"))
-    }
-
-    async fn lease_revoke(
-        &self,
-        _request: Request<pb::LeaseRevokeRequest>,
-    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        Err(not_yet("Lease.LeaseRevoke"))
-    }
-
-    async fn lease_keep_alive(
-        &self,
-        _request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        Err(not_yet("Lease.LeaseKeepAlive"))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        _request: Request<pb::LeaseTimeToLiveRequest>,
-    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        Err(not_yet("Lease.LeaseTimeToLive"))
-    }
-
-    async fn lease_leases(
-        &self,
-        _request: Request<pb::LeaseLeasesRequest>,
-    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        Err(not_yet("Lease.LeaseLeases"))
-    }
-}
-
 /// `Auth`: not served yet.
 pub struct PendingAuth;
 

@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::apply::command::{CommandResult, RaftCommand, Request, Response};
 use crate::apply::{execute, txn};
 use crate::error::{Error, Result};
+use crate::lease::Lessor;
 use crate::mvcc::{CompactionHandle, MvccStore};
-use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
+use crate::proto::etcdserverpb::{
+    CompactionResponse, LeaseCheckpointResponse, LeaseGrantResponse, LeaseRevokeResponse, RangeRequest, ResponseHeader,
+};
 use crate::storage::{Engine, WriteBatch, WriteBuffer};
 
 /// Meta-table key of the opaque raft position (last applied log id and membership) that the raft
@@ -24,6 +27,8 @@ pub struct Applier {
     mvcc: RwLock<Arc<MvccStore>>,
     /// Physical compactions started by apply, waited on by the proposer that asked (by command id).
     compactions: Mutex<HashMap<u64, CompactionHandle>>,
+    /// Leases and their attached keys; changed only here, in log order.
+    lessor: Arc<Lessor>,
 }
 
 impl Applier {
@@ -33,7 +38,14 @@ impl Applier {
         let buffer = Arc::new(WriteBuffer::new(engine));
         let engine: Arc<dyn Engine> = buffer.clone();
         let mvcc = Arc::new(MvccStore::open(engine.clone())?);
-        Ok(Applier { buffer, engine, mvcc: RwLock::new(mvcc), compactions: Mutex::new(HashMap::new()) })
+        let lessor = Arc::new(Lessor::open(engine.as_ref())?);
+        restore_attachments(&mvcc, &lessor)?;
+        Ok(Applier { buffer, engine, mvcc: RwLock::new(mvcc), compactions: Mutex::new(HashMap::new()), lessor })
+    }
+
+    /// The lessor readers (the leader's lease clock, the Lease API) share.
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.lessor
     }
 
     /// Commit what the entries applied so far wrote, as one atomic engine batch. Runs in the
@@ -83,15 +95,15 @@ impl Applier {
             return Ok(CommandResult { outcome: Ok(Response::None) });
         };
         let mvcc = self.mvcc();
-        // No lessor yet: every lease id is unknown, which is what etcd answers for a lease that
-        // was never granted.
-        let lease_exists = |_: i64| false;
+        let lessor = &self.lessor;
+        let lease_exists = |id: i64| lessor.contains(id);
         let outcome = match &command.request {
             Request::Put(req) => {
                 let mut w = mvcc.write();
                 match execute::put(&mut w, req, &lease_exists) {
                     Ok(mut resp) => {
                         let committed = w.commit(extra)?;
+                        lessor.follow(&committed.events);
                         set_revision(&mut resp.header, committed.revision);
                         Ok(Response::Put(resp))
                     }
@@ -103,6 +115,7 @@ impl Applier {
                 match execute::delete_range(&mut w, req) {
                     Ok(mut resp) => {
                         let committed = w.commit(extra)?;
+                        lessor.follow(&committed.events);
                         set_revision(&mut resp.header, committed.revision);
                         Ok(Response::DeleteRange(resp))
                     }
@@ -114,6 +127,7 @@ impl Applier {
                 match txn::txn(&mut w, req, &lease_exists) {
                     Ok(mut resp) => {
                         let committed = w.commit(extra)?;
+                        lessor.follow(&committed.events);
                         set_revision(&mut resp.header, committed.revision);
                         Ok(Response::Txn(resp))
                     }
@@ -139,6 +153,50 @@ impl Applier {
                     Err(e) => client_error(e)?,
                 }
             }
+            // LeaseGrant and LeaseCheckpoint change no key, so the revision stays; the header
+            // reports the current one (etcd's `newHeader`).
+            Request::LeaseGrant(req) => match lessor.check_grant(req.id, req.ttl) {
+                Ok(()) => {
+                    lessor.stage_grant(&mut extra, req.id, req.ttl);
+                    self.engine.write(extra)?;
+                    lessor.granted(req.id, req.ttl);
+                    Ok(Response::LeaseGrant(LeaseGrantResponse {
+                        header: current_header(&mvcc),
+                        id: req.id,
+                        ttl: req.ttl,
+                        error: String::new(),
+                    }))
+                }
+                Err(e) => {
+                    self.engine.write(extra)?;
+                    client_error(e)?
+                }
+            },
+            // etcd's `lessor.Revoke`: every attached key is deleted in ONE write transaction, in
+            // key order, so they all share one new revision (none if the lease had no keys).
+            Request::LeaseRevoke(req) => match lessor.stage_revoke(&mut extra, req.id) {
+                Ok(keys) => {
+                    let mut w = mvcc.write();
+                    for key in &keys {
+                        w.delete_range_count(key, &[])?;
+                    }
+                    let committed = w.commit(extra)?;
+                    lessor.follow(&committed.events);
+                    lessor.revoked(req.id);
+                    let header = Some(ResponseHeader { revision: committed.revision, ..Default::default() });
+                    Ok(Response::LeaseRevoke(LeaseRevokeResponse { header }))
+                }
+                Err(e) => {
+                    self.engine.write(extra)?;
+                    client_error(e)?
+                }
+            },
+            Request::LeaseCheckpoint(req) => {
+                let applied = lessor.stage_checkpoints(&mut extra, &req.checkpoints);
+                self.engine.write(extra)?;
+                lessor.checkpointed(&applied);
+                Ok(Response::LeaseCheckpoint(LeaseCheckpointResponse { header: current_header(&mvcc) }))
+            }
         };
         Ok(CommandResult { outcome })
     }
@@ -149,6 +207,8 @@ impl Applier {
         self.mvcc().stop_compactions();
         crate::storage::import(self.engine.as_ref(), dump)?;
         let fresh = Arc::new(MvccStore::open(self.engine.clone())?);
+        self.lessor.reload(self.engine.as_ref())?;
+        restore_attachments(&fresh, &self.lessor)?;
         *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
@@ -159,6 +219,32 @@ impl Applier {
         self.engine.sync()?;
         crate::storage::export(self.engine.as_ref(), out)?;
         Ok(())
+    }
+}
+
+fn current_header(mvcc: &MvccStore) -> Option<ResponseHeader> {
+    Some(ResponseHeader { revision: mvcc.current_revision(), ..Default::default() })
+}
+
+/// Rebuild the key → lease attachments from the live key-values (etcd's `restore` does the same:
+/// attachments are not stored with the leases). Reads the store in pages so memory stays flat.
+fn restore_attachments(mvcc: &MvccStore, lessor: &Lessor) -> Result<()> {
+    const PAGE: i64 = 1000;
+    let mut from = vec![0u8];
+    loop {
+        let page = mvcc.range(&RangeRequest { key: from, range_end: vec![0], limit: PAGE, ..Default::default() })?;
+        for kv in &page.kvs {
+            if kv.lease != 0 && !lessor.restore_attachment(&kv.key, kv.lease) {
+                tracing::warn!(lease = %format!("{:x}", kv.lease), "a key names a lease that does not exist");
+            }
+        }
+        match page.kvs.last() {
+            Some(last) if page.more => {
+                from = last.key.clone();
+                from.push(0);
+            }
+            _ => return Ok(()),
+        }
     }
 }
 

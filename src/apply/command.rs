@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointRequest,
+    LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 /// Who proposed a command. Mirrors etcd's `RequestHeader` inside `InternalRaftRequest`: the id lets
@@ -29,6 +30,13 @@ pub enum Request {
     DeleteRange(#[serde(with = "pb")] DeleteRangeRequest),
     Txn(#[serde(with = "pb")] TxnRequest),
     Compaction(#[serde(with = "pb")] CompactionRequest),
+    /// Always carries the id (the proposer picks one when the client sent 0, as etcd's server
+    /// does before proposing) and a TTL already raised to the minimum, so apply needs neither
+    /// randomness nor this member's configuration.
+    LeaseGrant(#[serde(with = "pb")] LeaseGrantRequest),
+    LeaseRevoke(#[serde(with = "pb")] LeaseRevokeRequest),
+    /// The leader's remaining-TTL snapshot of its leases (etcd's internal `LeaseCheckpoint`).
+    LeaseCheckpoint(#[serde(with = "pb")] LeaseCheckpointRequest),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -44,6 +52,9 @@ impl fmt::Display for RaftCommand {
             Request::DeleteRange(_) => "delete_range",
             Request::Txn(_) => "txn",
             Request::Compaction(_) => "compaction",
+            Request::LeaseGrant(_) => "lease_grant",
+            Request::LeaseRevoke(_) => "lease_revoke",
+            Request::LeaseCheckpoint(_) => "lease_checkpoint",
         };
         write!(f, "{kind}#{}", self.header.id)
     }
@@ -59,6 +70,9 @@ impl RaftCommand {
             Request::DeleteRange(r) => r.encoded_len(),
             Request::Txn(r) => r.encoded_len(),
             Request::Compaction(r) => r.encoded_len(),
+            Request::LeaseGrant(r) => r.encoded_len(),
+            Request::LeaseRevoke(r) => r.encoded_len(),
+            Request::LeaseCheckpoint(r) => r.encoded_len(),
         };
         // field key + length prefix of the request, plus the header message
         // (2-byte key for field 100, its length, and the id as a varint).
@@ -75,6 +89,9 @@ pub enum Response {
     Compaction(#[serde(with = "pb")] CompactionResponse),
     /// Entries that carry no client command (blank, membership).
     None,
+    LeaseGrant(#[serde(with = "pb")] LeaseGrantResponse),
+    LeaseRevoke(#[serde(with = "pb")] LeaseRevokeResponse),
+    LeaseCheckpoint(#[serde(with = "pb")] LeaseCheckpointResponse),
 }
 
 /// What apply produced for one entry. A client-caused failure is a *result* (the same on every
@@ -108,6 +125,8 @@ pub enum ApplyError {
     NoSpace,
     /// Anything else, by message (storage failures end apply instead; see applier.rs).
     Other(String),
+    LeaseExists,
+    LeaseTtlTooLarge,
 }
 
 impl From<Error> for ApplyError {
@@ -123,6 +142,8 @@ impl From<Error> for ApplyError {
             Error::Compacted => ApplyError::Compacted,
             Error::FutureRevision => ApplyError::FutureRevision,
             Error::NoSpace => ApplyError::NoSpace,
+            Error::LeaseExists => ApplyError::LeaseExists,
+            Error::LeaseTtlTooLarge => ApplyError::LeaseTtlTooLarge,
             other => ApplyError::Other(other.to_string()),
         }
     }
@@ -142,6 +163,8 @@ impl From<ApplyError> for Error {
             ApplyError::FutureRevision => Error::FutureRevision,
             ApplyError::NoSpace => Error::NoSpace,
             ApplyError::Other(m) => Error::Internal(m),
+            ApplyError::LeaseExists => Error::LeaseExists,
+            ApplyError::LeaseTtlTooLarge => Error::LeaseTtlTooLarge,
         }
     }
 }

@@ -5,3 +5,6 @@ pub mod applier;
 pub mod command;
 pub mod execute;
 pub mod txn;
+
+#[cfg(test)]
+mod lease_tests;

@@ -1,0 +1,135 @@
+//! The Lease service (etcd 3.5.16's `v3rpc/lease.go` over `v3_server.go`): grants and revokes go
+//! through raft; keep-alives, TimeToLive and Leases are answered by this member's lease clock
+//! (the leader's deadlines), as etcd answers them from its primary lessor without raft.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::{header, status::to_status};
+use crate::apply::command::{Request as Cmd, Response as Applied};
+use crate::error::Error;
+use crate::node::Node;
+use crate::propose;
+use crate::proto::etcdserverpb::lease_server::Lease;
+use crate::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    pub fn new(node: Arc<Node>) -> Self {
+        LeaseService { node }
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    to_status(Error::Internal(format!("apply returned an unexpected response to {what}")))
+}
+
+/// One keep-alive request: etcd fills the header BEFORE renewing, so the revision it reports is
+/// never newer than the renewal (a lease revoked at revision 3 must not look renewed at 4).
+async fn keep_alive_one(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+    let header = header::header(node, node.mvcc().current_revision());
+    let ttl = node.leases.keep_alive(id, node.limits.request_timeout).await?;
+    Ok(LeaseKeepAliveResponse { header: Some(header), id, ttl })
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut req = request.into_inner();
+        // etcd's server picks the id before proposing; the lessor raises a short TTL to the
+        // minimum. Both happen here so the log carries the final values.
+        if req.id == 0 {
+            req.id = self.node.leases.unused_id();
+        }
+        req.ttl = req.ttl.max(self.node.leases.min_ttl());
+        match propose::propose(&self.node, Cmd::LeaseGrant(req)).await.map_err(to_status)? {
+            (Applied::LeaseGrant(mut resp), _) => {
+                self.node.leases.grant_applied();
+                resp.header = Some(header::complete(&self.node, resp.header));
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("lease grant")),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let req = request.into_inner();
+        match propose::propose(&self.node, Cmd::LeaseRevoke(req)).await.map_err(to_status)? {
+            (Applied::LeaseRevoke(mut resp), _) => {
+                resp.header = Some(header::complete(&self.node, resp.header));
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("lease revoke")),
+        }
+    }
+
+    /// Requests on one stream are answered in order, one at a time (etcd's loop). An unknown or
+    /// expired lease gets TTL 0 and the stream stays open; any other failure ends the stream with
+    /// that error, as etcd's `togRPCError` return does.
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let inbound = request.into_inner();
+        let node = self.node.clone();
+        let replies = futures::stream::unfold(Some((inbound, node)), |state| async move {
+            let (mut inbound, node) = state?;
+            match inbound.message().await {
+                Ok(Some(req)) => match keep_alive_one(&node, req.id).await {
+                    Ok(resp) => Some((Ok(resp), Some((inbound, node)))),
+                    Err(e) => Some((Err(to_status(e)), None)),
+                },
+                Ok(None) => None,
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    /// An unknown lease is not an error here: etcd answers TTL -1 with an empty header filled in.
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let req = request.into_inner();
+        let found = self.node.leases.time_to_live(req.id, req.keys, Instant::now()).map_err(to_status)?;
+        let mut resp = match found {
+            Some(t) => LeaseTimeToLiveResponse {
+                header: None,
+                id: req.id,
+                ttl: t.ttl,
+                granted_ttl: t.granted_ttl,
+                keys: t.keys,
+            },
+            None => LeaseTimeToLiveResponse { header: None, id: req.id, ttl: -1, ..Default::default() },
+        };
+        resp.header = Some(header::complete(&self.node, None));
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let leases = self.node.leases.leases(Instant::now()).into_iter().map(|id| LeaseStatus { id }).collect();
+        Ok(Response::new(LeaseLeasesResponse { header: Some(header::complete(&self.node, None)), leases }))
+    }
+}
