@@ -262,18 +262,30 @@ fn segment_with_live_entries_is_kept() {
     assert_eq!(rec.entries, expected(2..=100));
 }
 
-/// Builds a single-segment log of entries 1..=6 and returns (bytes, length before entry 6).
+/// Length of the records in a segment's bytes: where the preallocated zeros begin.
+fn logical_len(bytes: &[u8]) -> usize {
+    let mut pos = 0;
+    while let Some((_, next)) = format::read_frame(bytes, pos).unwrap() {
+        pos = next;
+    }
+    pos
+}
+
+/// Builds a single-segment log of entries 1..=6 and returns (its records' bytes without the
+/// preallocated zeros, length before entry 6).
 fn six_entry_segment() -> (Vec<u8>, usize) {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = open(dir.path(), 64 << 20);
     write_entries(&wal, 1..=5);
     drop(wal);
     let seg = segments(dir.path()).pop().unwrap();
-    let before = fs::metadata(&seg).unwrap().len() as usize;
+    let before = logical_len(&fs::read(&seg).unwrap());
     let (wal, _) = open(dir.path(), 64 << 20);
     write_entries(&wal, 6..=6);
     drop(wal);
-    (fs::read(&seg).unwrap(), before)
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes.truncate(logical_len(&bytes));
+    (bytes, before)
 }
 
 fn check_repaired_then_appendable(dir: &Path, want: BTreeMap<u64, Vec<u8>>) {
