@@ -144,6 +144,8 @@ impl Shared {
 struct Holding<'a> {
     shared: &'a Shared,
     writer: Option<Writer>,
+    /// A submit from a destructor during some other panic is not a panic in the batch.
+    panicking_before: bool,
 }
 
 impl<'a> Holding<'a> {
@@ -152,7 +154,7 @@ impl<'a> Holding<'a> {
         let writer = queue.writer.take()?;
         queue.holder = Some(thread::current().id());
         let batch = std::mem::take(&mut queue.pending);
-        Some((Holding { shared, writer: Some(writer) }, batch))
+        Some((Holding { shared, writer: Some(writer), panicking_before: thread::panicking() }, batch))
     }
 
     fn process(&mut self, batch: Vec<Pending>) {
@@ -167,7 +169,7 @@ impl Drop for Holding<'_> {
         let orphans = {
             let mut queue = self.shared.queue();
             queue.holder = None;
-            if thread::panicking() {
+            if thread::panicking() && !self.panicking_before {
                 queue.closed = true;
                 std::mem::take(&mut queue.pending)
             } else {

@@ -34,9 +34,23 @@ const KEEP_BUFFER_CAPACITY: usize = 4 << 20;
 /// segment name, so replay never reads it; a leftover one is deleted on open.
 pub(crate) const NEXT_SEGMENT_TMP: &str = "next-segment.tmp";
 
-/// Zeros are written and synced in steps of this size, so preparing a segment never queues one
-/// huge writeback in front of the appender's fdatasyncs.
-const ZERO_STEP: usize = 4 << 20;
+/// How a segment is zero-filled.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Someone is waiting for it (a fresh log's first segment, or a rotation whose background
+    /// preparation failed): write it all, sync once.
+    Now,
+    /// In the background, while appends go on: sync every step and pause between steps, so the
+    /// zeros never queue a long writeback in front of an append's fdatasync. It has the second
+    /// half of the current segment's worth of appends to finish.
+    Gently,
+}
+
+/// Zeros written per step.
+const ZERO_STEP: usize = 1 << 20;
+
+/// Pause between background steps: 64 MiB then takes a few tenths of a second.
+const ZERO_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub(crate) struct Writer {
     dir: PathBuf,
@@ -99,7 +113,7 @@ impl Writer {
             None => {
                 let path = dir.join(segment_name(0));
                 let tmp = dir.join(NEXT_SEGMENT_TMP);
-                let file = prepare_segment(&tmp, opts.segment_bytes, &fsyncs)?;
+                let file = prepare_segment(&tmp, opts.segment_bytes, Pace::Now, &fsyncs)?;
                 rename_segment(&tmp, &path)?;
                 tracker.segments.push(SegmentInfo { seq: 0, path, max_live: None });
                 (file, 0)
@@ -206,7 +220,7 @@ impl Writer {
                 Err(_) => tracing::error!("wal: the segment preparation thread panicked; retrying"),
             }
         }
-        prepare_segment(&self.dir.join(NEXT_SEGMENT_TMP), self.segment_bytes, &self.fsyncs)
+        prepare_segment(&self.dir.join(NEXT_SEGMENT_TMP), self.segment_bytes, Pace::Now, &self.fsyncs)
     }
 
     /// Starts zero-filling the next segment once the current one is half full: early enough to be
@@ -220,7 +234,7 @@ impl Writer {
         let fsyncs = Arc::clone(&self.fsyncs);
         match thread::Builder::new()
             .name("keel-wal-prealloc".into())
-            .spawn(move || prepare_segment(&tmp, size, &fsyncs))
+            .spawn(move || prepare_segment(&tmp, size, Pace::Gently, &fsyncs))
         {
             Ok(handle) => self.next = Some(handle),
             // Not fatal: rotation then prepares the segment itself.
@@ -352,7 +366,7 @@ fn remove_if_present(path: &Path) -> Result<(), WalError> {
 
 /// Creates `path` holding `size` zero bytes, written and synced (a hole or a fallocate'd extent
 /// would still need its metadata journalled on the first real write).
-fn prepare_segment(path: &Path, size: u64, fsyncs: &AtomicU64) -> Result<File, WalError> {
+fn prepare_segment(path: &Path, size: u64, pace: Pace, fsyncs: &AtomicU64) -> Result<File, WalError> {
     remove_if_present(path)?;
     let mut file = OpenOptions::new()
         .write(true)
@@ -361,13 +375,25 @@ fn prepare_segment(path: &Path, size: u64, fsyncs: &AtomicU64) -> Result<File, W
         .map_err(WalError::io(format!("create {}", path.display())))?;
     let step = usize::try_from(size).map_or(ZERO_STEP, |s| s.min(ZERO_STEP));
     let zeros = vec![0u8; step];
+    let sync = |file: &File| -> Result<(), WalError> {
+        file.sync_data().map_err(WalError::io(format!("fdatasync {}", path.display())))?;
+        fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    };
     let mut left = size;
     while left > 0 {
         let n = usize::try_from(left).map_or(step, |l| l.min(step));
         file.write_all(&zeros[..n]).map_err(WalError::io(format!("zero-fill {}", path.display())))?;
-        file.sync_data().map_err(WalError::io(format!("fdatasync {}", path.display())))?;
-        fsyncs.fetch_add(1, Ordering::Relaxed);
         left -= n as u64;
+        if let Pace::Gently = pace {
+            sync(&file)?;
+            if left > 0 {
+                thread::sleep(ZERO_PAUSE);
+            }
+        }
+    }
+    if let Pace::Now = pace {
+        sync(&file)?;
     }
     Ok(file)
 }
