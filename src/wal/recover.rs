@@ -236,12 +236,15 @@ fn repair_tail(
     preallocated: bool,
     reason: &str,
 ) -> Result<(), WalError> {
+    // The message is the one operators (and the durability test) know from before preallocation:
+    // logically the log is still cut at `good_len`; `how` says what happened to the bytes.
     tracing::warn!(
         file = %path.display(),
         offset = good_len,
         dropped_bytes = dirty_end.saturating_sub(good_len),
+        how = if preallocated { "zeroed" } else { "cut" },
         reason,
-        "wal: clearing a torn tail in the last segment"
+        "wal: truncating a torn tail in the last segment"
     );
     let file = OpenOptions::new().write(true).open(path).map_err(WalError::io(format!("open {}", path.display())))?;
     if !preallocated {
