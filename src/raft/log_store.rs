@@ -154,8 +154,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 m.entries.insert(entry.log_id.index, entry);
             }
         }
-        // The WAL's writer thread runs the callback once the batch (and whatever other appends
-        // queued with it) has been fsync'd: openraft counts the entries only then.
+        // The callback runs once the batch (and whatever other appends queued with it) has been
+        // fsync'd: openraft counts the entries only then. If the WAL is idle that happens inline,
+        // before `submit` returns (blocking this task for one fdatasync, as etcd's raft loop blocks
+        // on its WAL save); openraft allows the callback to come before `append` returns.
         self.wal.submit(records, Box::new(move |res| callback.io_completed(res.map_err(io_err))));
         Ok(())
     }

@@ -2,6 +2,10 @@
 //! payload of each record kind. Like etcd's WAL, every record is length-prefixed and checksummed so a
 //! torn write is detectable; the payload encoding itself is Keel's own.
 //!
+//! Segments are preallocated with zeros, so a frame header of eight zero bytes (or fewer than eight
+//! zero bytes at the end of a file) is not a record but the end of the segment's data. No real frame
+//! can look like that: every payload holds at least its kind byte, so its length is never 0.
+//!
 //! Payload layout (all integers little-endian), first byte is the kind:
 //! - `1` Entry:        index u64, then the entry bytes to the end of the payload
 //! - `2` TruncateFrom: index u64
@@ -126,8 +130,11 @@ fn put_len(out: &mut Vec<u8>, len: usize) -> Result<(), WalError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FrameError {
     ShortHeader,
+    /// Length 0 with a nonzero checksum: not the zeroed end of the data, and no record either.
     ZeroLength,
-    ShortPayload { len: u32 },
+    ShortPayload {
+        len: u32,
+    },
     Checksum,
 }
 
@@ -135,9 +142,7 @@ impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FrameError::ShortHeader => write!(f, "incomplete frame header"),
-            // A zero-filled tail (blocks allocated but never written) reads as len 0, crc 0, and the
-            // CRC of an empty payload is 0, so this must be rejected explicitly.
-            FrameError::ZeroLength => write!(f, "zero-length frame"),
+            FrameError::ZeroLength => write!(f, "zero-length frame with a nonzero checksum"),
             FrameError::ShortPayload { len } => {
                 write!(f, "frame of {len} bytes runs past the end of the file")
             }
@@ -146,11 +151,17 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-/// Reads the frame starting at `pos`: `Ok(None)` at a clean end of file, else the payload and the
-/// offset of the next frame.
+/// Reads the frame starting at `pos`: `Ok(None)` at the end of the data (the end of the file, or a
+/// zeroed header: the preallocated rest of a segment), else the payload and the offset of the next
+/// frame. Whether the bytes after the end are all zero is the caller's question.
+///
+/// etcd quirk: etcd's WAL decoder likewise stops at a record length of 0, which it reads as "end of
+/// file or preallocated space". The CRC of an empty payload is also 0, so without this rule a
+/// zero-filled tail would decode as an endless run of empty records.
 pub(crate) fn read_frame(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
     let rest = buf.get(pos..).unwrap_or(&[]);
-    if rest.is_empty() {
+    let head = &rest[..rest.len().min(FRAME_HEADER)];
+    if head.iter().all(|b| *b == 0) {
         return Ok(None);
     }
     let Some((header, body)) = rest.split_first_chunk::<FRAME_HEADER>() else {
@@ -168,6 +179,23 @@ pub(crate) fn read_frame(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)
         return Err(FrameError::Checksum);
     }
     Ok(Some((payload, pos + FRAME_HEADER + payload.len())))
+}
+
+/// Offset of the last nonzero byte in `buf`, if any. Scans whole blocks first: a preallocated
+/// segment is mostly zeros and is checked on every open.
+pub(crate) fn last_nonzero(buf: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    let mut end = buf.len();
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let block = &buf[start..end];
+        // An OR-fold over the block compiles to wide loads; a per-byte search would not.
+        if block.iter().fold(0u8, |acc, b| acc | b) != 0 {
+            return block.iter().rposition(|b| *b != 0).map(|i| start + i);
+        }
+        end = start;
+    }
+    None
 }
 
 /// Decodes a payload whose checksum already matched. A failure here is never a torn write: the

@@ -8,6 +8,18 @@
 //! sequence of frames (see `format.rs`), the first always a checkpoint holding the meta map and the
 //! purge point, so the oldest segments can be deleted once every entry they hold is purged. A `LOCK`
 //! file guards against two processes appending to the same log.
+//!
+//! Segments are preallocated like etcd's: each is created `segment_bytes` long and full of zeros
+//! (zero-filled as `next-segment.tmp`, then renamed), and records overwrite the zeros from the start.
+//! A segment's data therefore ends at the first zeroed frame header (or the end of the file); every
+//! byte after that must be zero. Rotation looks at the length of the data, never at the file size; the
+//! last submission before a rotation may run past the preallocated size, growing the file.
+//!
+//! Who writes: a submitter that finds the log idle (nothing queued, nobody writing) writes and
+//! fdatasyncs its records itself and runs the completion on its own thread, saving the hop to a
+//! writer thread and back. Submissions that arrive while someone is writing only queue; when the
+//! writer is handed back, the background thread writes everything queued as one batch. A submitter
+//! therefore blocks at most for its own write, never behind somebody else's batch.
 
 mod format;
 mod recover;
@@ -100,10 +112,16 @@ pub(crate) type Done = Box<dyn FnOnce(Result<(), WalError>) + Send>;
 struct Queue {
     pending: Vec<Pending>,
     closed: bool,
+    /// The writer while nobody is writing. Whoever takes it writes one batch, runs that batch's
+    /// completions and puts it back: holding it is what keeps writes, and completions, in order.
+    writer: Option<Writer>,
+    /// The thread holding the writer: the one thread that must not wait for the log.
+    holder: Option<ThreadId>,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// Wakes the background thread: work queued, the writer handed back, or closed.
     wake: Condvar,
     fsyncs: Arc<AtomicU64>,
 }
@@ -114,27 +132,77 @@ impl Shared {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn held_by_current_thread(&self) -> bool {
+        self.queue().holder == Some(thread::current().id())
+    }
+}
+
+/// The writer taken out of the queue for one batch. Dropping it hands the writer back and wakes the
+/// background thread for whatever queued meanwhile; if the batch panicked (a bug: completions are
+/// already caught) the writer's state is unknown, so the log closes instead.
+struct Holding<'a> {
+    shared: &'a Shared,
+    writer: Option<Writer>,
+    /// A submit from a destructor during some other panic is not a panic in the batch.
+    panicking_before: bool,
+}
+
+impl<'a> Holding<'a> {
+    /// Takes the writer and everything queued. The caller has checked that the writer is free.
+    fn take(shared: &'a Shared, queue: &mut Queue) -> Option<(Holding<'a>, Vec<Pending>)> {
+        let writer = queue.writer.take()?;
+        queue.holder = Some(thread::current().id());
+        let batch = std::mem::take(&mut queue.pending);
+        Some((Holding { shared, writer: Some(writer), panicking_before: thread::panicking() }, batch))
+    }
+
+    fn process(&mut self, batch: Vec<Pending>) {
+        if let Some(writer) = self.writer.as_mut() {
+            writer.process(batch);
+        }
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let orphans = {
+            let mut queue = self.shared.queue();
+            queue.holder = None;
+            if thread::panicking() && !self.panicking_before {
+                queue.closed = true;
+                std::mem::take(&mut queue.pending)
+            } else {
+                queue.writer = self.writer.take();
+                Vec::new()
+            }
+        };
+        self.shared.wake.notify_one();
+        for Pending { done, .. } in orphans {
+            writer::answer(done, Err(WalError::Closed));
+        }
+    }
 }
 
 /// An open write-ahead log. `Send + Sync`; share it as `Arc<Wal>`. Dropping it closes it.
 pub struct Wal {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    writer_id: ThreadId,
 }
 
 const LOCK_FILE: &str = "LOCK";
 
 impl Wal {
-    /// Opens (creating if needed) the log in `dir`, replays it, and starts the writer thread.
+    /// Opens (creating if needed) the log in `dir`, replays it, and starts the background writer
+    /// thread.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovered), WalError> {
         create_dir_durably(dir)?;
         let lock = lock_dir(dir)?;
-        let replayed = recover::replay(dir)?;
+        let replayed = recover::replay(dir, opts.segment_bytes)?;
         let fsyncs = Arc::new(AtomicU64::new(0));
         let writer = Writer::start(dir, opts, replayed.tracker, replayed.tail_len, Arc::clone(&fsyncs))?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { pending: Vec::new(), closed: false }),
+            queue: Mutex::new(Queue { pending: Vec::new(), closed: false, writer: Some(writer), holder: None }),
             wake: Condvar::new(),
             fsyncs,
         });
@@ -145,16 +213,20 @@ impl Wal {
                 // The lock lives exactly as long as the writer: released only once the last
                 // record is on disk.
                 let _lock = lock;
-                run_writer(&thread_shared, writer);
+                run_background(&thread_shared);
             })
             .map_err(WalError::io("spawn the wal writer thread"))?;
-        let wal = Wal { writer_id: handle.thread().id(), shared, thread: Mutex::new(Some(handle)) };
+        let wal = Wal { shared, thread: Mutex::new(Some(handle)) };
         Ok((wal, replayed.recovered))
     }
 
-    /// Queues records; `done` runs (on the WAL's writer thread) once they are written and
-    /// fdatasync'd, or with the error. Records of one call stay contiguous and in order, and
-    /// completions run in submit order. After `close`, `done` runs at once, here, with `Closed`.
+    /// Queues records; `done` runs once they are written and fdatasync'd, or with the error.
+    /// Records of one call stay contiguous and in order, and completions run in submit order.
+    ///
+    /// If the log is idle, the records are written and synced right here and `done` runs before
+    /// `submit` returns, on the caller's thread: the caller must not hold anything `done` needs.
+    /// Otherwise `submit` only queues, and `done` runs later on whichever thread writes the batch.
+    /// After `close`, `done` runs at once, here, with `Closed`.
     pub fn submit(&self, records: Vec<Record>, done: Box<dyn FnOnce(Result<(), WalError>) + Send>) {
         let mut queue = self.shared.queue();
         if queue.closed {
@@ -162,14 +234,26 @@ impl Wal {
             writer::answer(done, Err(WalError::Closed));
             return;
         }
+        // Something already queued is the background thread's (it has been woken), and writing
+        // it here would make this caller wait for another submitter's batch.
+        let idle = queue.pending.is_empty() && queue.writer.is_some();
         queue.pending.push(Pending { records, done });
+        if !idle {
+            // If the writer is free the background thread is due to take it; if it is held, the
+            // holder wakes the thread when it hands the writer back.
+            return;
+        }
+        let Some((mut holding, batch)) = Holding::take(&self.shared, &mut queue) else {
+            return;
+        };
         drop(queue);
-        self.shared.wake.notify_one();
+        holding.process(batch);
     }
 
     /// Submits and blocks until the records are durable.
     pub fn write_sync(&self, records: Vec<Record>) -> Result<(), WalError> {
-        if thread::current().id() == self.writer_id {
+        // From a completion callback this thread holds the writer: waiting would never end.
+        if self.shared.held_by_current_thread() {
             return Err(WalError::Reentrant);
         }
         let (tx, rx) = mpsc::sync_channel(1);
@@ -183,13 +267,13 @@ impl Wal {
         rx.recv().unwrap_or(Err(WalError::Closed))
     }
 
-    /// Stops the writer after it has written and answered everything already queued; later
-    /// submissions fail with `Closed`. Called from a completion callback it cannot wait for the
-    /// writer (that is the caller's own thread), which then stops after the current batch.
+    /// Stops the log after everything already queued has been written and answered; later
+    /// submissions fail with `Closed`. Called from a completion callback it cannot wait (the caller
+    /// holds the writer), so the background thread finishes the queue after that batch.
     pub fn close(&self) {
         self.shared.queue().closed = true;
-        self.shared.wake.notify_all();
-        if thread::current().id() == self.writer_id {
+        self.shared.wake.notify_one();
+        if self.shared.held_by_current_thread() {
             return;
         }
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -200,8 +284,8 @@ impl Wal {
         }
     }
 
-    /// Number of fdatasync/fsync calls made so far (segment data and directory), for tests and
-    /// metrics.
+    /// Number of fdatasync/fsync calls made so far (segment data, preallocation and directory),
+    /// for tests and metrics.
     pub fn fsync_count(&self) -> u64 {
         self.shared.fsyncs.load(Ordering::Relaxed)
     }
@@ -213,37 +297,50 @@ impl Drop for Wal {
     }
 }
 
-/// Closes the queue when the writer stops for any reason, a bug-induced panic included, so no
-/// submitter is left waiting for an answer that would never come.
-struct WriterExit<'a>(&'a Shared);
+/// Closes the queue when the background thread stops for any reason, a bug-induced panic
+/// included, so no submitter is left waiting for an answer that would never come.
+struct BackgroundExit<'a>(&'a Shared);
 
-impl Drop for WriterExit<'_> {
+impl Drop for BackgroundExit<'_> {
     fn drop(&mut self) {
-        let orphans = {
+        let (orphans, writer) = {
             let mut queue = self.0.queue();
             queue.closed = true;
-            std::mem::take(&mut queue.pending)
+            (std::mem::take(&mut queue.pending), queue.writer.take())
         };
+        // Dropped outside the lock: it waits for a segment preparation still running.
+        drop(writer);
         for Pending { done, .. } in orphans {
             writer::answer(done, Err(WalError::Closed));
         }
     }
 }
 
-fn run_writer(shared: &Shared, mut writer: Writer) {
-    let _exit = WriterExit(shared);
+/// The background thread: writes whatever queued while the writer was busy, and on close waits for
+/// the writer to come back, drains the queue and retires the writer (releasing the lock after it).
+fn run_background(shared: &Shared) {
+    let _exit = BackgroundExit(shared);
+    let mut queue = shared.queue();
     loop {
-        let batch = {
-            let mut queue = shared.queue();
-            while queue.pending.is_empty() && !queue.closed {
-                queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+        if queue.writer.is_some() {
+            if !queue.pending.is_empty() {
+                if let Some((mut holding, batch)) = Holding::take(shared, &mut queue) {
+                    drop(queue);
+                    holding.process(batch);
+                    drop(holding);
+                    queue = shared.queue();
+                }
+                continue;
             }
-            if queue.pending.is_empty() {
+            if queue.closed {
                 return;
             }
-            std::mem::take(&mut queue.pending)
-        };
-        writer.process(batch);
+        } else if queue.closed && queue.holder.is_none() {
+            // The writer was lost to a panic in some submitter's batch; `Holding` answered the
+            // queue then.
+            return;
+        }
+        queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
     }
 }
 

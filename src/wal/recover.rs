@@ -1,9 +1,11 @@
 //! Opening an existing WAL directory: find the segments, replay their records into the live log
 //! state, and repair a torn tail in the last segment (as etcd's WAL repairs a partially written last
-//! record), while refusing to skip damage anywhere else.
+//! record), while refusing to skip damage anywhere else. A segment's data ends at the end of the file
+//! or at a zeroed frame header; the preallocated rest must be zeros.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{self, Checkpoint, Decoded};
@@ -120,7 +122,9 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(found)
 }
 
-pub(crate) fn replay(dir: &Path) -> Result<Replayed, WalError> {
+/// `segment_bytes` is the preallocated size: it tells a preallocated last segment, whose repair
+/// keeps its size, from one written without preallocation.
+pub(crate) fn replay(dir: &Path, segment_bytes: u64) -> Result<Replayed, WalError> {
     let segments = list_segments(dir)?;
     let mut tracker = Tracker::default();
     let mut entries: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
@@ -137,12 +141,13 @@ pub(crate) fn replay(dir: &Path) -> Result<Replayed, WalError> {
 
         let bytes = fs::read(path).map_err(WalError::io(format!("read {}", path.display())))?;
         let mut pos = 0usize;
+        let mut torn: Option<String> = None;
         loop {
             let (payload, next) = match format::read_frame(&bytes, pos) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(err) if is_last => {
-                    repair_tail(path, pos, bytes.len(), &err.to_string())?;
+                    torn = Some(err.to_string());
                     break;
                 }
                 Err(err) => return Err(corrupt(path, pos, err.to_string())),
@@ -174,6 +179,18 @@ pub(crate) fn replay(dir: &Path) -> Result<Replayed, WalError> {
                 }
             }
             pos = next;
+        }
+        // Past the end of the data only preallocated zeros may follow. In the last segment anything
+        // else is what a crash mid-append leaves (a torn frame, or a later page of an unsynced
+        // batch that reached the disk before an earlier one); elsewhere it is damage.
+        if let Some(last) = format::last_nonzero(&bytes[pos..]).map(|i| pos + i) {
+            if !is_last {
+                let first = bytes[pos..].iter().position(|b| *b != 0).map_or(last, |i| pos + i);
+                return Err(corrupt(path, first, "data after the end of the segment's records"));
+            }
+            let reason = torn.as_deref().unwrap_or("data after a zeroed frame header");
+            let preallocated = bytes.len() as u64 >= segment_bytes;
+            repair_tail(path, pos, last + 1, preallocated, reason)?;
         }
         if pos == 0 && !is_last {
             return Err(corrupt(path, 0, "segment is empty"));
@@ -207,18 +224,35 @@ fn purge_entries(entries: &mut BTreeMap<u64, Vec<u8>>, upto: u64) {
     };
 }
 
-/// Cuts the last segment back to its last complete record. Made durable before any new append, so
-/// new records can never end up behind leftover garbage.
-fn repair_tail(path: &Path, good_len: usize, file_len: usize, reason: &str) -> Result<(), WalError> {
+/// Clears the last segment after its last complete record, `good_len`, up to the last nonzero byte
+/// (`dirty_end`, exclusive). Made durable before any new append, so new records can never end up in
+/// front of leftover bytes that a later replay could mistake for records. A preallocated segment
+/// keeps its size (the damage is overwritten with zeros); one that never was preallocated (written
+/// before Keel preallocated, or with a larger segment size) is cut back to its last record.
+fn repair_tail(
+    path: &Path,
+    good_len: usize,
+    dirty_end: usize,
+    preallocated: bool,
+    reason: &str,
+) -> Result<(), WalError> {
+    // The message is the one operators (and the durability test) know from before preallocation:
+    // logically the log is still cut at `good_len`; `how` says what happened to the bytes.
     tracing::warn!(
         file = %path.display(),
         offset = good_len,
-        dropped_bytes = file_len.saturating_sub(good_len),
+        dropped_bytes = dirty_end.saturating_sub(good_len),
+        how = if preallocated { "zeroed" } else { "cut" },
         reason,
         "wal: truncating a torn tail in the last segment"
     );
     let file = OpenOptions::new().write(true).open(path).map_err(WalError::io(format!("open {}", path.display())))?;
-    file.set_len(good_len as u64).map_err(WalError::io(format!("truncate {}", path.display())))?;
+    if !preallocated {
+        file.set_len(good_len as u64).map_err(WalError::io(format!("truncate {}", path.display())))?;
+    } else {
+        let zeros = vec![0u8; dirty_end.saturating_sub(good_len)];
+        file.write_all_at(&zeros, good_len as u64).map_err(WalError::io(format!("clear {}", path.display())))?;
+    }
     file.sync_all().map_err(WalError::io(format!("fsync {}", path.display())))?;
     Ok(())
 }

@@ -262,18 +262,30 @@ fn segment_with_live_entries_is_kept() {
     assert_eq!(rec.entries, expected(2..=100));
 }
 
-/// Builds a single-segment log of entries 1..=6 and returns (bytes, length before entry 6).
+/// Length of the records in a segment's bytes: where the preallocated zeros begin.
+fn logical_len(bytes: &[u8]) -> usize {
+    let mut pos = 0;
+    while let Some((_, next)) = format::read_frame(bytes, pos).unwrap() {
+        pos = next;
+    }
+    pos
+}
+
+/// Builds a single-segment log of entries 1..=6 and returns (its records' bytes without the
+/// preallocated zeros, length before entry 6).
 fn six_entry_segment() -> (Vec<u8>, usize) {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = open(dir.path(), 64 << 20);
     write_entries(&wal, 1..=5);
     drop(wal);
     let seg = segments(dir.path()).pop().unwrap();
-    let before = fs::metadata(&seg).unwrap().len() as usize;
+    let before = logical_len(&fs::read(&seg).unwrap());
     let (wal, _) = open(dir.path(), 64 << 20);
     write_entries(&wal, 6..=6);
     drop(wal);
-    (fs::read(&seg).unwrap(), before)
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes.truncate(logical_len(&bytes));
+    (bytes, before)
 }
 
 fn check_repaired_then_appendable(dir: &Path, want: BTreeMap<u64, Vec<u8>>) {
@@ -764,4 +776,369 @@ fn acknowledged_writes_survive_kill_9() {
     }
     assert!(acked.len() >= 1500 + 2000 + 2500);
     assert!(max_purge.is_some());
+}
+
+// ---- Preallocated segments ----
+
+const SMALL_SEGMENT: u64 = 64 << 10;
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+/// Asserts the segment's records end at `end` and nothing but zeros follows.
+fn assert_zero_after(path: &Path, end: usize) {
+    let bytes = fs::read(path).unwrap();
+    assert_eq!(logical_len(&bytes), end, "{}", path.display());
+    assert_eq!(format::last_nonzero(&bytes[end..]), None, "{}: stray bytes after the records", path.display());
+}
+
+#[test]
+fn zeroed_frame_header_is_the_end_not_an_empty_record() {
+    // The CRC of an empty payload is 0, so an all-zero header would checksum as a valid empty frame.
+    assert_eq!(crc32fast::hash(&[]), 0);
+    for zeros in [vec![0u8; 8], vec![0u8; 3], vec![0u8; 4096], vec![]] {
+        assert_eq!(format::read_frame(&zeros, 0), Ok(None), "{} zero bytes", zeros.len());
+    }
+    let mut buf = Vec::new();
+    format::encode_record(&entry(1), &mut buf).unwrap();
+    let end = buf.len();
+    buf.resize(end + 100, 0);
+    assert!(format::read_frame(&buf, 0).unwrap().is_some());
+    assert_eq!(format::read_frame(&buf, end), Ok(None));
+    // Length 0 with a checksum is damage, not the end.
+    let mut odd = vec![0u8; 8];
+    odd[5] = 1;
+    assert_eq!(format::read_frame(&odd, 0), Err(format::FrameError::ZeroLength));
+    assert_eq!(format::read_frame(&[0, 0, 1], 0), Err(format::FrameError::ShortHeader));
+
+    assert_eq!(format::last_nonzero(&[]), None);
+    assert_eq!(format::last_nonzero(&vec![0u8; 10_000]), None);
+    let mut v = vec![0u8; 10_000];
+    v[4095] = 1;
+    v[17] = 2;
+    assert_eq!(format::last_nonzero(&v), Some(4095));
+}
+
+#[test]
+fn segments_are_preallocated_and_appends_stay_inside_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), SMALL_SEGMENT);
+    let seg = segments(dir.path()).pop().unwrap();
+    assert_eq!(file_len(&seg), SMALL_SEGMENT);
+    write_entries(&wal, 1..=50);
+    assert_eq!(file_len(&seg), SMALL_SEGMENT, "appends must overwrite the zeros, not grow the file");
+    drop(wal);
+    let end = logical_len(&fs::read(&seg).unwrap());
+    assert_zero_after(&seg, end);
+
+    // Reopen and append: the new records go right after the old ones, inside the same file.
+    let (wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=50));
+    write_entries(&wal, 51..=60);
+    drop(wal);
+    assert_eq!(file_len(&seg), SMALL_SEGMENT);
+    assert_eq!(segments(dir.path()).len(), 1);
+    let (_wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=60));
+}
+
+#[test]
+fn logical_length_drives_rotation_and_next_segment_is_prepared() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), SMALL_SEGMENT);
+    let tmp = dir.path().join(writer::NEXT_SEGMENT_TMP);
+    // Each entry frame is 30-42 bytes: ~2000 fill a 64 KiB segment.
+    let mut i = 0;
+    while segments(dir.path()).len() < 3 {
+        i += 1;
+        wal.write_sync(vec![entry(i)]).unwrap();
+        assert!(i < 10_000, "never rotated");
+    }
+    let segs = segments(dir.path());
+    for seg in &segs[..2] {
+        let len = logical_len(&fs::read(seg).unwrap()) as u64;
+        // Rotated only once the records (not the file) passed the segment size.
+        assert!(len > SMALL_SEGMENT && len < SMALL_SEGMENT + 100, "{}: {len}", seg.display());
+        assert_eq!(file_len(seg), len, "the last append before rotation grows the file");
+    }
+    assert_eq!(file_len(&segs[2]), SMALL_SEGMENT, "the new segment was preallocated");
+    // Past half of the current segment the next one is being prepared; the writer waits for it
+    // on close, so afterwards it is complete.
+    while logical_len(&fs::read(&segs[2]).unwrap()) as u64 <= SMALL_SEGMENT / 2 {
+        i += 1;
+        wal.write_sync(vec![entry(i)]).unwrap();
+    }
+    drop(wal);
+    assert_eq!(file_len(&tmp), SMALL_SEGMENT);
+    assert_eq!(format::last_nonzero(&fs::read(&tmp).unwrap()), None);
+    let (wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=i));
+    write_entries(&wal, i + 1..=i + 5);
+    drop(wal);
+    let (_wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=i + 5));
+}
+
+/// A preallocated single-segment log of entries 1..=6: (path, file bytes, start of entry 6, end
+/// of entry 6).
+fn preallocated_six(dir: &Path) -> (PathBuf, Vec<u8>, usize, usize) {
+    let (wal, _) = open(dir, SMALL_SEGMENT);
+    write_entries(&wal, 1..=5);
+    drop(wal);
+    let seg = segments(dir).pop().unwrap();
+    let start = logical_len(&fs::read(&seg).unwrap());
+    let (wal, _) = open(dir, SMALL_SEGMENT);
+    write_entries(&wal, 6..=6);
+    drop(wal);
+    let bytes = fs::read(&seg).unwrap();
+    let end = logical_len(&bytes);
+    assert_eq!(bytes.len() as u64, SMALL_SEGMENT);
+    (seg, bytes, start, end)
+}
+
+#[test]
+fn torn_record_followed_by_zeros_is_a_torn_tail() {
+    let template = tempfile::tempdir().unwrap();
+    let (_, full, start, end) = preallocated_six(template.path());
+    // Every prefix of the last record, the rest of the file still zeros: what a crash leaves when
+    // only part of the record's pages reached the disk.
+    for cut in start..end {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(recover::segment_name(0));
+        let mut bytes = full.clone();
+        bytes[cut..end].fill(0);
+        fs::write(&seg, &bytes).unwrap();
+        let (wal, rec) = open(dir.path(), SMALL_SEGMENT);
+        assert_eq!(rec.entries, expected(1..=5), "cut at {cut}");
+        assert_eq!(file_len(&seg), SMALL_SEGMENT, "cut at {cut}: repair must keep the preallocation");
+        assert_zero_after(&seg, start);
+        write_entries(&wal, 6..=7);
+        drop(wal);
+        let (_wal, rec) = open(dir.path(), SMALL_SEGMENT);
+        assert_eq!(rec.entries, expected(1..=7), "cut at {cut}");
+    }
+    // The record's head missing but its tail present (pages persisted out of order).
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join(recover::segment_name(0));
+    let mut bytes = full.clone();
+    bytes[start..start + 8].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+    let (_wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=5));
+    assert_zero_after(&seg, start);
+}
+
+#[test]
+fn stray_record_after_the_zeros_is_cleared_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, mut bytes, _, end) = preallocated_six(dir.path());
+    // A complete, valid frame beyond the end: a later page of an unacknowledged batch. Left in
+    // place, later appends could close the gap and make it look like part of the log.
+    let mut stray = Vec::new();
+    format::encode_record(&Record::Entry { index: 99, data: b"phantom".to_vec() }, &mut stray).unwrap();
+    let at = end + 64;
+    bytes[at..at + stray.len()].copy_from_slice(&stray);
+    fs::write(&seg, &bytes).unwrap();
+    let (wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=6));
+    assert_zero_after(&seg, end);
+    assert_eq!(file_len(&seg), SMALL_SEGMENT);
+    write_entries(&wal, 7..=20);
+    drop(wal);
+    let (_wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=20));
+}
+
+#[test]
+fn stray_bytes_after_the_end_of_a_middle_segment_fail_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // Written with large segments, then reopened with small ones: segment 0 is closed while far
+    // from full, so it keeps preallocated zeros behind its records.
+    let (wal, _) = open(dir.path(), SMALL_SEGMENT);
+    write_entries(&wal, 1..=20);
+    drop(wal);
+    let (wal, _) = open(dir.path(), 300);
+    write_entries(&wal, 21..=40);
+    drop(wal);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3);
+    let (_wal, rec) = open(dir.path(), 300);
+    assert_eq!(rec.entries, expected(1..=40));
+    drop(_wal);
+
+    let mut bytes = fs::read(&segs[0]).unwrap();
+    let end = logical_len(&bytes);
+    assert!(bytes.len() > end + 1000);
+    bytes[end + 1000] = 0x5a;
+    fs::write(&segs[0], &bytes).unwrap();
+    match Wal::open(dir.path(), opts(300)) {
+        Err(WalError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, segs[0]);
+            assert_eq!(offset, end as u64 + 1000);
+        }
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(_) => panic!("expected corruption, open succeeded"),
+    }
+    assert_eq!(fs::read(&segs[0]).unwrap(), bytes, "nothing repaired in a middle segment");
+}
+
+#[test]
+fn crash_right_after_creating_a_preallocated_segment() {
+    // 0: renamed into place, checkpoint never written; then torn checkpoints followed by zeros.
+    for partial in [0usize, 1, 8, 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), SMALL_SEGMENT);
+        write_entries(&wal, 1..=3);
+        wal.write_sync(vec![meta("vote", "x"), Record::PurgeTo { index: 1 }]).unwrap();
+        drop(wal);
+        let mut cp = Vec::new();
+        let mut m = HashMap::new();
+        m.insert(b"vote".to_vec(), b"x".to_vec());
+        format::encode_checkpoint(1, Some(1), &m, &mut cp).unwrap();
+        let mut bytes = vec![0u8; SMALL_SEGMENT as usize];
+        let partial = partial.min(cp.len() - 1);
+        bytes[..partial].copy_from_slice(&cp[..partial]);
+        let next = dir.path().join(recover::segment_name(1));
+        fs::write(&next, &bytes).unwrap();
+
+        let (wal, rec) = open(dir.path(), SMALL_SEGMENT);
+        assert_eq!(rec.entries, expected(2..=3), "partial {partial}");
+        assert_eq!(rec.meta[&b"vote"[..]], b"x");
+        assert_eq!(file_len(&next), SMALL_SEGMENT, "partial {partial}: still preallocated");
+        write_entries(&wal, 4..=5);
+        drop(wal);
+        assert_eq!(file_len(&next), SMALL_SEGMENT);
+        let (_wal, rec) = open(dir.path(), SMALL_SEGMENT);
+        assert_eq!(rec.entries, expected(2..=5), "partial {partial}");
+        assert_eq!(rec.purged_to, Some(1));
+        assert_eq!(rec.meta[&b"vote"[..]], b"x");
+        assert_eq!(segments(dir.path()).len(), 2);
+    }
+}
+
+#[test]
+fn crash_while_preparing_the_next_segment_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), SMALL_SEGMENT);
+    write_entries(&wal, 1..=3);
+    drop(wal);
+    // A half-written temp file (a crash mid zero-fill), even one holding junk: never replayed,
+    // never reused.
+    let tmp = dir.path().join(writer::NEXT_SEGMENT_TMP);
+    fs::write(&tmp, vec![0xabu8; 1000]).unwrap();
+    let (wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=3));
+    assert!(!tmp.exists());
+    let mut i = 3;
+    while segments(dir.path()).len() < 2 {
+        i += 1;
+        wal.write_sync(vec![entry(i)]).unwrap();
+    }
+    drop(wal);
+    let segs = segments(dir.path());
+    assert_zero_after(&segs[1], logical_len(&fs::read(&segs[1]).unwrap()));
+    let (_wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=i));
+}
+
+#[test]
+fn fresh_log_of_zeros_only_reopens_empty() {
+    // A crash right after the very first segment was renamed into place, before its checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(recover::segment_name(0)), vec![0u8; SMALL_SEGMENT as usize]).unwrap();
+    let (wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec, Recovered::default());
+    write_entries(&wal, 1..=2);
+    drop(wal);
+    let (_wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=2));
+}
+
+// ---- Who writes ----
+
+#[test]
+fn idle_submit_writes_inline_and_answers_before_returning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), SMALL_SEGMENT);
+    let here = std::thread::current().id();
+    let seen = Arc::new(Mutex::new(None));
+    let seen2 = Arc::clone(&seen);
+    let before = wal.fsync_count();
+    wal.submit(
+        vec![entry(1)],
+        Box::new(move |r| *seen2.lock().unwrap() = Some((r.is_ok(), std::thread::current().id()))),
+    );
+    assert_eq!(*seen.lock().unwrap(), Some((true, here)), "answered inline, on the submitter's thread");
+    assert_eq!(wal.fsync_count() - before, 1);
+}
+
+#[test]
+fn busy_writer_never_makes_a_submitter_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), SMALL_SEGMENT);
+    let wal = Arc::new(wal);
+    let (started_tx, started_rx) = mpsc::channel();
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let (order_tx, order_rx) = mpsc::channel();
+    // T1 becomes the writer and its completion blocks, so it keeps holding the writer.
+    let holder = {
+        let wal = Arc::clone(&wal);
+        let order_tx = order_tx.clone();
+        std::thread::spawn(move || {
+            wal.submit(
+                vec![entry(1)],
+                Box::new(move |r| {
+                    r.unwrap();
+                    started_tx.send(()).unwrap();
+                    gate_rx.recv().unwrap();
+                    order_tx.send((1, std::thread::current().name().map(str::to_owned))).unwrap();
+                }),
+            );
+        })
+    };
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // Meanwhile these only queue: submit returns at once, the completions wait their turn.
+    let t = Instant::now();
+    for i in 2..=4u64 {
+        let order_tx = order_tx.clone();
+        wal.submit(
+            vec![entry(i)],
+            Box::new(move |r| {
+                r.unwrap();
+                order_tx.send((i, std::thread::current().name().map(str::to_owned))).unwrap();
+            }),
+        );
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(order_rx.try_recv().is_err(), "nothing answered while the writer is held");
+    gate_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let answers: Vec<(u64, Option<String>)> =
+        (0..4).map(|_| order_rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+    assert_eq!(answers.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    // The queued ones were written together by the background thread.
+    assert!(answers[1..].iter().all(|a| a.1.as_deref() == Some("keel-wal")), "{answers:?}");
+    drop(wal);
+    let (_wal, rec) = open(dir.path(), SMALL_SEGMENT);
+    assert_eq!(rec.entries, expected(1..=4));
+}
+
+#[test]
+fn submit_from_a_callback_queues_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), SMALL_SEGMENT);
+    let wal = Arc::new(wal);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (inner_wal, inner_order, outer_order) = (Arc::clone(&wal), Arc::clone(&order), Arc::clone(&order));
+    wal.submit(
+        vec![entry(1)],
+        Box::new(move |r| {
+            r.unwrap();
+            inner_wal.submit(vec![entry(2)], Box::new(move |r| inner_order.lock().unwrap().push((2, r.is_ok()))));
+            outer_order.lock().unwrap().push((1, true));
+        }),
+    );
+    wal.write_sync(vec![entry(3)]).unwrap();
+    assert_eq!(*order.lock().unwrap(), vec![(1, true), (2, true)]);
 }
