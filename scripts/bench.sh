@@ -40,6 +40,7 @@ start_server() {
     --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
     --initial-cluster "bench=http://127.0.0.1:$pport" >"$WORK/$name/log" 2>&1 &
   PIDS+=($!)
+  PID=$!
   URL="http://127.0.0.1:$cport"
   for _ in $(seq 1 100); do
     if "$ETCD_BIN_DIR/etcdctl" --endpoints="$URL" endpoint health >/dev/null 2>&1; then return 0; fi
@@ -60,39 +61,52 @@ WORKLOADS=(
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-start_server etcd "$ETCD_BIN_DIR/etcd"; ETCD_URL=$URL
-declare -A KEEL_URL
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+declare -A URL_OF PID_OF
+start_server etcd "$ETCD_BIN_DIR/etcd"; URL_OF[etcd]=$URL; PID_OF[etcd]=$PID
 for engine in $ENGINES; do
-  start_server "keel-$engine" "$KEEL" KEEL_STORAGE_ENGINE="$engine"; KEEL_URL[$engine]=$URL
+  start_server "keel-$engine" "$KEEL" KEEL_STORAGE_ENGINE="$engine"; URL_OF[$engine]=$URL; PID_OF[$engine]=$PID
 done
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $ROUNDS rounds, A/B interleaved; medians"
 echo
-printf '| workload | etcd ops/s | etcd p99 ms |'
-for engine in $ENGINES; do printf ' keel-%s ops/s | keel-%s p99 ms | ratio keel-%s/etcd |' "$engine" "$engine" "$engine"; done
+echo "ops/s and p99 are what the clients saw; CPU is the server's own CPU time per request (user + system),"
+echo "which the load generator sharing the machine does not distort."
 echo
-printf '|---|---:|---:|'; for _ in $ENGINES; do printf '%s' '---:|---:|---:|'; done; echo
+printf '| workload | etcd ops/s | etcd p99 ms | etcd CPU µs/req |'
+for engine in $ENGINES; do printf ' keel-%s ops/s | p99 ms | CPU µs/req | ratio ops/s keel/etcd | ratio CPU etcd/keel |' "$engine"; done
+echo
+printf '|---|---:|---:|---:|'; for _ in $ENGINES; do printf '%s' '---:|---:|---:|---:|---:|'; done; echo
 
 for w in "${WORKLOADS[@]}"; do
   label=${w%%|*}; args=${w#*|}
-  declare -A OPS=() P99=()
+  declare -A OPS=() P99=() CPU=()
   for _ in $(seq 1 "$ROUNDS"); do
     for target in etcd $ENGINES; do
-      if [ "$target" = etcd ]; then url=$ETCD_URL; else url=${KEEL_URL[$target]}; fi
+      before=$(cpu_ticks "${PID_OF[$target]}")
       # shellcheck disable=SC2086
-      line=$("$BENCH" --endpoint "$url" $args | grep '^RESULT')
+      line=$("$BENCH" --endpoint "${URL_OF[$target]}" $args | grep '^RESULT')
+      after=$(cpu_ticks "${PID_OF[$target]}")
+      requests=$(echo "$args" | sed -n 's/.*--total \([0-9]*\).*/\1/p')
       OPS[$target]+="$(echo "$line" | field ops_per_sec) "
       P99[$target]+="$(echo "$line" | field p99_ms) "
+      CPU[$target]+="$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$requests" 'BEGIN {print t / hz * 1e6 / n}') "
     done
   done
   etcd_ops=$(echo ${OPS[etcd]} | tr ' ' '\n' | median)
   etcd_p99=$(echo ${P99[etcd]} | tr ' ' '\n' | median)
-  printf '| %s | %.0f | %.2f |' "$label" "$etcd_ops" "$etcd_p99"
+  etcd_cpu=$(echo ${CPU[etcd]} | tr ' ' '\n' | median)
+  printf '| %s | %.0f | %.2f | %.1f |' "$label" "$etcd_ops" "$etcd_p99" "$etcd_cpu"
   for engine in $ENGINES; do
     k_ops=$(echo ${OPS[$engine]} | tr ' ' '\n' | median)
     k_p99=$(echo ${P99[$engine]} | tr ' ' '\n' | median)
-    printf ' %.0f | %.2f | %.2fx |' "$k_ops" "$k_p99" "$(echo "$k_ops $etcd_ops" | awk '{print $1/$2}')"
+    k_cpu=$(echo ${CPU[$engine]} | tr ' ' '\n' | median)
+    printf ' %.0f | %.2f | %.1f | %.2fx | %.2fx |' "$k_ops" "$k_p99" "$k_cpu" \
+      "$(echo "$k_ops $etcd_ops" | awk '{print $1/$2}')" "$(echo "$etcd_cpu $k_cpu" | awk '{print $1/$2}')"
   done
   echo
-  unset OPS P99
+  unset OPS P99 CPU
 done
