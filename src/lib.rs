@@ -4,7 +4,9 @@
 //! deterministically against the revisioned store (`mvcc`) kept behind one storage trait
 //! (`storage`, sled or redb). Reads (`read`) confirm leadership through raft's read index and then
 //! read `mvcc` directly, never through the log. `node` is the handle every service shares, `server`
-//! boots and stops it all, `config` speaks etcd's flags.
+//! boots and stops it all, `config` speaks etcd's flags. After each commit `apply` publishes the
+//! revision's events to the watch hub (`watch`), which feeds synced watchers at once and lets the
+//! others catch up from `mvcc` history; `api/watch.rs` serves the streams.
 
 pub mod api;
 pub mod apply;
@@ -19,3 +21,4 @@ pub mod read;
 pub mod server;
 pub mod storage;
 pub mod wal;
+pub mod watch;

@@ -9,6 +9,7 @@ pub mod maintenance;
 pub mod pending;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ pub fn routes(node: Arc<Node>, max_recv: usize) -> Routes {
         };
     }
     Routes::new(limited!(KvServer::new(kv::KvService::new(node.clone()))))
-        .add_service(limited!(WatchServer::new(pending::PendingWatch)))
+        .add_service(limited!(WatchServer::new(watch::WatchService::new(node.clone()))))
         .add_service(limited!(LeaseServer::new(pending::PendingLease)))
         .add_service(limited!(ClusterServer::new(cluster::ClusterService::new(node.clone()))))
         .add_service(limited!(MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))))

@@ -1,4 +1,4 @@
-//! Services whose behaviour arrives with later issues (watch and lease, auth, lock and
+//! Services whose behaviour arrives with later issues (lease, auth, lock and
 //! election). Registered now so every etcd method name resolves; each answers gRPC `Unimplemented`
 //! until its issue lands, as a client of an etcd without that feature would see.
 
@@ -15,21 +15,6 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 's
 
 pub fn not_yet(method: &str) -> Status {
     Status::unimplemented(format!("keel does not serve {method} yet"))
-}
-
-/// `Watch`: not served yet.
-pub struct PendingWatch;
-
-#[tonic::async_trait]
-impl pb::watch_server::Watch for PendingWatch {
-    type WatchStream = BoxStream<pb::WatchResponse>;
-
-    async fn watch(
-        &self,
-        _request: Request<Streaming<pb::WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(not_yet("Watch.Watch"))
-    }
 }
 
 /// `Lease`: not served yet.

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::apply::command::{CommandResult, RaftCommand, Request, Response};
+use crate::apply::watch_feed::{MvccHistory, StoreSlot};
 use crate::apply::{execute, txn};
 use crate::error::{Error, Result};
 use crate::mvcc::{CompactionHandle, MvccStore};
 use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
 use crate::storage::{Engine, WriteBatch};
+use crate::watch::WatchHub;
 
 /// Meta-table key of the opaque raft position (last applied log id and membership) that the raft
 /// layer hands in with every entry.
@@ -19,7 +21,9 @@ const META_TABLE: &str = "meta";
 
 pub struct Applier {
     engine: Arc<dyn Engine>,
-    mvcc: RwLock<Arc<MvccStore>>,
+    mvcc: StoreSlot,
+    /// Watchers hear of each committed revision from here, after its commit.
+    watch: Arc<WatchHub>,
     /// Physical compactions started by apply, waited on by the proposer that asked (by command id).
     compactions: Mutex<HashMap<u64, CompactionHandle>>,
 }
@@ -27,7 +31,10 @@ pub struct Applier {
 impl Applier {
     pub fn open(engine: Arc<dyn Engine>) -> Result<Self> {
         let mvcc = Arc::new(MvccStore::open(engine.clone())?);
-        Ok(Applier { engine, mvcc: RwLock::new(mvcc), compactions: Mutex::new(HashMap::new()) })
+        let current = mvcc.current_revision();
+        let mvcc: StoreSlot = Arc::new(RwLock::new(mvcc));
+        let watch = Arc::new(WatchHub::new(Box::new(MvccHistory::new(mvcc.clone())), current));
+        Ok(Applier { engine, mvcc, watch, compactions: Mutex::new(HashMap::new()) })
     }
 
     /// The store readers use. Swapped only when a raft snapshot is installed.
@@ -37,6 +44,11 @@ impl Applier {
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// The watch hub this applier publishes to.
+    pub fn watch(&self) -> &Arc<WatchHub> {
+        &self.watch
     }
 
     /// The raft position stored with the data by the last `apply`.
@@ -70,6 +82,7 @@ impl Applier {
                     Ok(mut resp) => {
                         let committed = w.commit(extra)?;
                         set_revision(&mut resp.header, committed.revision);
+                        self.watch.publish(committed.revision, committed.events);
                         Ok(Response::Put(resp))
                     }
                     Err(e) => fail(&self.engine, w, extra, e)?,
@@ -81,6 +94,7 @@ impl Applier {
                     Ok(mut resp) => {
                         let committed = w.commit(extra)?;
                         set_revision(&mut resp.header, committed.revision);
+                        self.watch.publish(committed.revision, committed.events);
                         Ok(Response::DeleteRange(resp))
                     }
                     Err(e) => fail(&self.engine, w, extra, e)?,
@@ -92,6 +106,7 @@ impl Applier {
                     Ok(mut resp) => {
                         let committed = w.commit(extra)?;
                         set_revision(&mut resp.header, committed.revision);
+                        self.watch.publish(committed.revision, committed.events);
                         Ok(Response::Txn(resp))
                     }
                     Err(e) => fail(&self.engine, w, extra, e)?,
@@ -126,7 +141,10 @@ impl Applier {
         self.mvcc().stop_compactions();
         crate::storage::import(self.engine.as_ref(), dump)?;
         let fresh = Arc::new(MvccStore::open(self.engine.clone())?);
+        let current = fresh.current_revision();
         *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        // Watchers re-read from the new store what they may have missed.
+        self.watch.reset(current);
         Ok(())
     }
 

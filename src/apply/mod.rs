@@ -5,3 +5,4 @@ pub mod applier;
 pub mod command;
 pub mod execute;
 pub mod txn;
+pub mod watch_feed;
