@@ -8,6 +8,8 @@ pub mod runner;
 pub mod scenario;
 pub mod scenarios;
 pub mod server;
+pub mod watch;
+pub mod watch_scenarios;
 
 pub use scenario::{run_differential, Outcome, Scenario, Step};
 pub use server::{HarnessError, Server, ServerKind};

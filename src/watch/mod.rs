@@ -207,8 +207,6 @@ struct Stream {
     queued_bytes: usize,
     /// Watchers of this stream in the unsynced state.
     unsynced: usize,
-    /// A progress request waits until every watcher is synced (etcd ≥ 3.5.13 `deferredProgress`).
-    deferred_progress: bool,
     wake: Arc<Notify>,
 }
 
@@ -288,7 +286,6 @@ impl WatchHub {
                 queued: 0,
                 queued_bytes: 0,
                 unsynced: 0,
-                deferred_progress: false,
                 wake: wake.clone(),
             },
         );
@@ -513,24 +510,26 @@ impl StreamHandle {
             forget(&self.hub, &mut st.index, stream, wk, &w);
         }
         stream.push(Outgoing::Canceled { watch_id, revision: now });
-        send_deferred_progress(stream, &st.watchers, now);
         self.wake.notify_one();
     }
 
-    /// A `WatchProgressRequest`: one response with watch id -1 at the newest revision, once every
-    /// watcher of the stream is synced (so every event up to that revision was already queued).
-    /// etcd 3.5.13+ defers it until then; with no watchers nothing is sent.
+    /// A `WatchProgressRequest` (etcd 3.5.16 `progressAll`): if every watcher of the stream is
+    /// synced, one response with watch id -1 at the newest revision — every event up to it is
+    /// already queued ahead of it. Otherwise, or with no watchers, nothing at all: etcd ≥ 3.5.13
+    /// drops the request rather than report a revision some watcher has not reached (clients
+    /// such as kube-apiserver ask again). A compacted watcher the client has not canceled yet
+    /// counts as not synced, as in etcd.
     pub fn request_progress(&self) {
         let mut guard = self.hub.lock();
         let st = &mut *guard;
         let now = st.published;
         let Some(stream) = st.streams.get_mut(&self.id) else { return };
-        if stream.deferred_progress {
-            return;
+        let all_synced = !stream.ids.is_empty()
+            && stream.ids.values().all(|wk| st.watchers.get(wk).is_some_and(|w| w.state == State::Synced));
+        if all_synced {
+            stream.push(Outgoing::Progress { watch_id: -1, revision: now });
+            self.wake.notify_one();
         }
-        stream.deferred_progress = true;
-        send_deferred_progress(stream, &st.watchers, now);
-        self.wake.notify_one();
     }
 
     /// The periodic progress tick (etcd's `progressTicker` in `sendLoop`): each `progress_notify`
@@ -617,6 +616,7 @@ impl StreamHandle {
             let compacted = hub.history.compacted();
             let mut candidates: Vec<(i64, u64)> = Vec::new();
             let mut gone = Vec::new();
+            let mut synced_now = 0;
             for (&id, &wk) in &stream.ids {
                 let Some(w) = st.watchers.get_mut(&wk) else { continue };
                 if w.state != State::Unsynced {
@@ -633,9 +633,21 @@ impl StreamHandle {
                     gone.push(id);
                     continue;
                 }
+                if w.min_rev < 1 {
+                    // etcd quirk: a negative start revision that is not below the compaction
+                    // revision (-1 before the first compaction) reads the empty key range from
+                    // that revision's bytes on, so the watcher gets no history and joins the
+                    // synced group after the current revision. (etcd also reads nothing for
+                    // every other watcher synced in the same pass; we do not copy that.)
+                    w.min_rev = now + 1;
+                    w.state = State::Synced;
+                    synced_now += 1;
+                    continue;
+                }
                 candidates.push((w.min_rev, wk));
             }
-            let cancelled = !gone.is_empty();
+            let cancelled = !gone.is_empty() || synced_now > 0;
+            stream.unsynced -= synced_now;
             for id in gone {
                 stream.unsynced -= 1;
                 stream.push(Outgoing::Compacted { watch_id: id, compact_revision: compacted });
@@ -763,7 +775,6 @@ impl StreamHandle {
                 stream.unsynced -= 1;
             }
         }
-        send_deferred_progress(stream, &st.watchers, published);
         self.wake.notify_one();
         CatchUp::Progressed
     }
@@ -793,22 +804,5 @@ fn forget(hub: &WatchHub, index: &mut WatcherIndex, stream: &mut Stream, wk: u64
     }
     if w.prev_kv {
         hub.prev_kv_watchers.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Answer a deferred progress request once every watcher of the stream is synced.
-fn send_deferred_progress(stream: &mut Stream, watchers: &HashMap<u64, Watcher>, now: i64) {
-    if !stream.deferred_progress {
-        return;
-    }
-    if stream.ids.is_empty() {
-        // etcd: with no watchers there is no one to answer on behalf of.
-        stream.deferred_progress = false;
-        return;
-    }
-    let all_synced = stream.ids.values().all(|wk| watchers.get(wk).is_some_and(|w| w.state == State::Synced));
-    if all_synced {
-        stream.deferred_progress = false;
-        stream.push(Outgoing::Progress { watch_id: -1, revision: now });
     }
 }
