@@ -4,6 +4,7 @@
 
 pub mod diff;
 pub mod etcdctl;
+pub mod etcdctl_watch;
 pub mod runner;
 pub mod scenario;
 pub mod scenarios;
