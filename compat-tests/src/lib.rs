@@ -10,6 +10,7 @@ pub mod scenario;
 pub mod scenarios;
 pub mod server;
 pub mod watch;
+pub mod watch_client;
 pub mod watch_scenarios;
 
 pub use scenario::{run_differential, Outcome, Scenario, Step};
