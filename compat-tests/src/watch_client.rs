@@ -68,7 +68,14 @@ pub struct WatchConn {
 impl WatchConn {
     /// Open a stream on a fresh connection; `require_leader` adds `hasleader: true`.
     pub async fn open(server: &Server, require_leader: bool) -> Result<WatchConn, HarnessError> {
-        let mut client = server.watch().await?;
+        Ok(WatchConn::open_on(server.watch().await?, require_leader))
+    }
+
+    /// Open a stream on an existing client (streams of one client share its connection).
+    pub fn open_on(
+        mut client: keel::proto::etcdserverpb::watch_client::WatchClient<tonic::transport::Channel>,
+        require_leader: bool,
+    ) -> WatchConn {
         let (tx, rx) = mpsc::channel(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         if require_leader {
@@ -108,7 +115,7 @@ impl WatchConn {
                 }
             }
         });
-        Ok(WatchConn { requests: tx, log, ended, paused, received })
+        WatchConn { requests: tx, log, ended, paused, received }
     }
 
     pub async fn send(&self, request: RequestUnion) {
