@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::StreamExt;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -16,11 +18,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::header;
 use crate::api::pending::BoxStream;
 use crate::api::status::{cancel_reason, to_status};
+use crate::api::watch_wire::{batch_bytes, encode_events, encode_header, WireResponse};
 use crate::error::Error;
 use crate::node::Node;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
-use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::proto::mvccpb::Event;
 use crate::watch::{CatchUp, KeySpan, Outgoing, StreamHandle, WatchSpec};
@@ -33,8 +35,8 @@ const REQUIRE_LEADER_VALUE: &str = "true";
 const MAX_LEADERLESS_TIMEOUTS: u32 = 3;
 /// etcd's `grpcOverheadBytes`: watch responses are fragmented against max-request-bytes + 512 KiB.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-/// Responses handed to gRPC ahead of the client; the hub's outbox holds the rest.
-const SEND_BUFFER: usize = 16;
+/// Batches of responses handed to gRPC ahead of the client; the hub's outbox holds the rest.
+const SEND_BUFFER: usize = 2;
 /// Responses taken from the hub at once.
 const POP_BATCH: usize = 64;
 /// The receive task stops reading requests while this many answers wait (etcd's `ctrlStream`
@@ -51,11 +53,15 @@ impl WatchService {
     }
 }
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = BoxStream<WatchResponse>;
+/// What the pump hands to gRPC: a batch of responses, or the error that ends the stream.
+type Batch = Result<Vec<WireResponse>, Status>;
 
-    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+impl WatchService {
+    /// Open one watch stream (the `Watch` RPC).
+    pub async fn open(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<BoxStream<WireResponse>>, Status> {
         let require_leader =
             request.metadata().get(REQUIRE_LEADER_KEY).is_some_and(|v| v.as_bytes() == REQUIRE_LEADER_VALUE.as_bytes());
         // etcd's stream interceptor rejects a `hasleader` stream at once when there is no leader.
@@ -74,17 +80,20 @@ impl Watch for WatchService {
             fragment_bytes: self.node.limits.max_request_bytes + GRPC_OVERHEAD_BYTES,
         };
         tokio::spawn(pump.run(recv.abort_handle()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let responses = ReceiverStream::new(rx).flat_map(|batch: Batch| {
+            let items: Vec<Result<WireResponse, Status>> = match batch {
+                Ok(responses) => responses.into_iter().map(Ok).collect(),
+                Err(status) => vec![Err(status)],
+            };
+            futures::stream::iter(items)
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
 /// Read requests until the client stops sending. A client that only half-closes keeps its
 /// stream (etcd's `recvLoop` returns without error on EOF and the send side goes on).
-async fn receive(
-    handle: Arc<StreamHandle>,
-    mut inbound: Streaming<WatchRequest>,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
-) {
+async fn receive(handle: Arc<StreamHandle>, mut inbound: Streaming<WatchRequest>, tx: mpsc::Sender<Batch>) {
     loop {
         while handle.backlog() > MAX_BACKLOG {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -133,7 +142,7 @@ pub fn watch_spec(c: WatchCreateRequest) -> WatchSpec {
 struct Pump {
     node: Arc<Node>,
     handle: Arc<StreamHandle>,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    tx: mpsc::Sender<Batch>,
     require_leader: bool,
     fragment_bytes: usize,
 }
@@ -160,13 +169,13 @@ impl Pump {
         loop {
             let items = self.handle.pop(POP_BATCH);
             if !items.is_empty() {
-                let base = header::header(&self.node, 0);
+                let mut encoder = Encoder::new(header::header(&self.node, 0), self.fragment_bytes);
+                let mut batch = Vec::with_capacity(items.len());
                 for item in items {
-                    for response in responses(item, &base, self.fragment_bytes) {
-                        if self.tx.send(Ok(response)).await.is_err() {
-                            return;
-                        }
-                    }
+                    encoder.responses(item, &mut batch);
+                }
+                if self.tx.send(Ok(batch)).await.is_err() {
+                    return;
                 }
                 continue;
             }
@@ -212,51 +221,95 @@ fn progress_period(interval: Duration) -> Duration {
     (interval + Duration::from_nanos(jitter)).max(Duration::from_millis(1))
 }
 
-/// The wire responses for one queued item. `base` carries cluster, member and term.
-pub fn responses(item: Outgoing, base: &ResponseHeader, fragment_bytes: usize) -> Vec<WatchResponse> {
-    let header = |revision: i64| Some(ResponseHeader { revision, ..*base });
-    match item {
-        Outgoing::Created { watch_id, revision } => {
-            vec![WatchResponse { header: header(revision), watch_id, created: true, ..Default::default() }]
-        }
-        Outgoing::Rejected { revision, reason } => vec![WatchResponse {
-            header: header(revision),
-            watch_id: -1,
-            created: true,
-            canceled: true,
-            cancel_reason: cancel_reason(&Error::from(reason)),
-            ..Default::default()
-        }],
-        Outgoing::Canceled { watch_id, revision } => {
-            vec![WatchResponse { header: header(revision), watch_id, canceled: true, ..Default::default() }]
-        }
-        // etcd quirk: the compacted cancel's header revision is 0 (the mvcc response carries no
-        // revision) and its cancel_reason is empty.
-        Outgoing::Compacted { watch_id, compact_revision } => {
-            vec![WatchResponse { header: header(0), watch_id, canceled: true, compact_revision, ..Default::default() }]
-        }
-        Outgoing::Progress { watch_id, revision } => {
-            vec![WatchResponse { header: header(revision), watch_id, ..Default::default() }]
-        }
-        Outgoing::Events { watch_id, revision, events, prev_kv, fragment } => {
-            let events: Vec<Event> = events
-                .iter()
-                .map(|e| {
-                    if prev_kv {
-                        Event::clone(e)
-                    } else {
-                        Event { r#type: e.r#type, kv: e.kv.clone(), prev_kv: None }
-                    }
-                })
-                .collect();
-            let whole = WatchResponse { header: header(revision), watch_id, events, ..Default::default() };
-            if fragment {
-                fragments(whole, fragment_bytes)
-            } else {
-                vec![whole]
+/// Turns queued items into wire responses for one pop batch: cluster, member and term come from
+/// `base`; the encoded header of the last revision is reused (a batch is mostly one revision).
+pub struct Encoder {
+    base: ResponseHeader,
+    fragment_bytes: usize,
+    header: Option<(i64, Bytes)>,
+}
+
+impl Encoder {
+    pub fn new(base: ResponseHeader, fragment_bytes: usize) -> Self {
+        Encoder { base, fragment_bytes, header: None }
+    }
+
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader { revision, ..self.base })
+    }
+
+    fn header_bytes(&mut self, revision: i64) -> Bytes {
+        match &self.header {
+            Some((rev, bytes)) if *rev == revision => bytes.clone(),
+            _ => {
+                let bytes = encode_header(&ResponseHeader { revision, ..self.base });
+                self.header = Some((revision, bytes.clone()));
+                bytes
             }
         }
     }
+
+    /// Append the wire responses for `item` to `out`.
+    pub fn responses(&mut self, item: Outgoing, out: &mut Vec<WireResponse>) {
+        let message = match item {
+            Outgoing::Events { .. } => return self.events(item, out),
+            Outgoing::Created { watch_id, revision } => {
+                WatchResponse { header: self.header(revision), watch_id, created: true, ..Default::default() }
+            }
+            Outgoing::Rejected { revision, reason } => WatchResponse {
+                header: self.header(revision),
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                cancel_reason: cancel_reason(&Error::from(reason)),
+                ..Default::default()
+            },
+            Outgoing::Canceled { watch_id, revision } => {
+                WatchResponse { header: self.header(revision), watch_id, canceled: true, ..Default::default() }
+            }
+            // etcd quirk: the compacted cancel's header revision is 0 (the mvcc response carries
+            // no revision) and its cancel_reason is empty.
+            Outgoing::Compacted { watch_id, compact_revision } => WatchResponse {
+                header: self.header(0),
+                watch_id,
+                canceled: true,
+                compact_revision,
+                ..Default::default()
+            },
+            Outgoing::Progress { watch_id, revision } => {
+                WatchResponse { header: self.header(revision), watch_id, ..Default::default() }
+            }
+        };
+        out.push(WireResponse::Message(message));
+    }
+
+    fn events(&mut self, item: Outgoing, out: &mut Vec<WireResponse>) {
+        let Outgoing::Events { watch_id, revision, ref batch, ref only, prev_kv, fragment } = item else { return };
+        let events = match only {
+            None => batch_bytes(batch, prev_kv),
+            Some(_) => encode_events(item.events(), prev_kv),
+        };
+        let wire = WireResponse::Events { header: self.header_bytes(revision), watch_id, events };
+        let count = item.events().count();
+        if fragment && count >= 2 && wire.encoded_len() >= self.fragment_bytes {
+            let events: Vec<Event> = item
+                .events()
+                .map(|e| Event { prev_kv: if prev_kv { e.prev_kv.clone() } else { None }, ..Event::clone(e) })
+                .collect();
+            let whole = WatchResponse { header: self.header(revision), watch_id, events, ..Default::default() };
+            out.extend(fragments(whole, self.fragment_bytes).into_iter().map(WireResponse::Message));
+        } else {
+            out.push(wire);
+        }
+    }
+}
+
+/// The wire responses for one queued item, decoded back into messages (for tests).
+#[cfg(test)]
+pub fn responses(item: Outgoing, base: &ResponseHeader, fragment_bytes: usize) -> Vec<WatchResponse> {
+    let mut out = Vec::new();
+    Encoder::new(*base, fragment_bytes).responses(item, &mut out);
+    out.into_iter().map(|w| WatchResponse::decode(w.encode_to_vec().as_slice()).unwrap_or_default()).collect()
 }
 
 /// etcd's `sendFragments`: a response of at least `limit` bytes with two or more events is split

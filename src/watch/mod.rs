@@ -29,7 +29,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
@@ -117,9 +117,17 @@ pub enum Outgoing {
     Canceled { watch_id: i64, revision: i64 },
     /// etcd's compacted cancel: `{watch_id, canceled, compact_revision}`, header revision 0.
     Compacted { watch_id: i64, compact_revision: i64 },
-    /// Events of one revision (synced) or of up to 1000 revisions (catch-up). Each event carries
-    /// its `prev_kv` when any watcher wanted it; `prev_kv` says whether this one does.
-    Events { watch_id: i64, revision: i64, events: Vec<Arc<Event>>, prev_kv: bool, fragment: bool },
+    /// Events of one revision (synced) or of up to 1000 revisions (catch-up): all of `batch`, or
+    /// the listed ones. Each event carries its `prev_kv` when any watcher wanted it; `prev_kv`
+    /// says whether this one does.
+    Events {
+        watch_id: i64,
+        revision: i64,
+        batch: Arc<EventBatch>,
+        only: Option<Vec<u32>>,
+        prev_kv: bool,
+        fragment: bool,
+    },
     /// A progress notification (`watch_id` -1 answers a progress request for the whole stream).
     Progress { watch_id: i64, revision: i64 },
 }
@@ -133,9 +141,44 @@ impl Outgoing {
 
     fn weight(&self) -> usize {
         match self {
-            Outgoing::Events { events, prev_kv, .. } => events.iter().map(|e| event_bytes(e, *prev_kv)).sum(),
+            Outgoing::Events { prev_kv, .. } => self.events().map(|e| event_bytes(e, *prev_kv)).sum(),
             _ => 0,
         }
+    }
+
+    /// The events of an `Events` item, in order (none for other items).
+    pub fn events(&self) -> impl Iterator<Item = &Arc<Event>> + '_ {
+        let (batch, only) = match self {
+            Outgoing::Events { batch, only, .. } => (Some(batch), only.as_deref()),
+            _ => (None, None),
+        };
+        let all = batch.map(|b| b.events.as_slice()).unwrap_or_default();
+        let picked: Box<dyn Iterator<Item = &Arc<Event>> + '_> = match only {
+            None => Box::new(all.iter()),
+            Some(idx) => Box::new(idx.iter().filter_map(move |&i| all.get(i as usize))),
+        };
+        picked
+    }
+}
+
+/// Events shared by every watcher they go to (one revision's when published; one watcher's when
+/// caught up), with a slot for each wire encoding of the whole batch — without and with
+/// `prev_kv` — so the edge encodes them once however many watchers get them.
+#[derive(Debug, Default)]
+pub struct EventBatch {
+    pub events: Vec<Arc<Event>>,
+    pub encoded: [OnceLock<bytes::Bytes>; 2],
+}
+
+impl EventBatch {
+    pub fn new(events: Vec<Arc<Event>>) -> Arc<EventBatch> {
+        Arc::new(EventBatch { events, encoded: Default::default() })
+    }
+}
+
+impl PartialEq for EventBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.events == other.events
     }
 }
 
@@ -305,7 +348,8 @@ impl WatchHub {
                 Err(e) => tracing::warn!(revision, error = %e, "watch: cannot read prev_kv"),
             }
         }
-        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        let batch = EventBatch::new(events.into_iter().map(Arc::new).collect());
+        let events = &batch.events;
         let mut guard = self.lock();
         let st = &mut *guard;
         st.published = revision;
@@ -333,18 +377,20 @@ impl WatchHub {
             if w.state != State::Synced || w.min_rev > revision {
                 continue;
             }
-            let evs: Vec<Arc<Event>> =
-                group.iter().map(|(_, i)| &events[*i as usize]).filter(|e| w.wants(e)).cloned().collect();
+            let wanted: Vec<u32> = group.iter().map(|(_, i)| *i).filter(|i| w.wants(&events[*i as usize])).collect();
             // etcd: a revision whose events were all filtered out sends nothing.
-            if evs.is_empty() {
+            if wanted.is_empty() {
                 continue;
             }
+            // The common case, a watcher that wants the whole revision, shares it as it is.
+            let only = (wanted.len() != events.len()).then_some(wanted);
             let Some(stream) = st.streams.get_mut(&w.stream) else { continue };
             if stream.has_room() {
                 stream.push(Outgoing::Events {
                     watch_id: w.id,
                     revision,
-                    events: evs,
+                    batch: batch.clone(),
+                    only,
                     prev_kv: w.prev_kv,
                     fragment: w.fragment,
                 });
@@ -763,7 +809,8 @@ impl StreamHandle {
                 stream.push(Outgoing::Events {
                     watch_id: w.id,
                     revision: to,
-                    events: evs,
+                    batch: EventBatch::new(evs),
+                    only: None,
                     prev_kv: w.prev_kv,
                     fragment: w.fragment,
                 });

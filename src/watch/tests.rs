@@ -163,11 +163,10 @@ fn event_summary(items: &[Outgoing]) -> Vec<(i64, i64, Vec<Brief>)> {
     items
         .iter()
         .filter_map(|i| match i {
-            Outgoing::Events { watch_id, revision, events, .. } => Some((
+            Outgoing::Events { watch_id, revision, .. } => Some((
                 *watch_id,
                 *revision,
-                events
-                    .iter()
+                i.events()
                     .map(|e| {
                         let kv = e.kv.as_ref().unwrap();
                         (String::from_utf8(kv.key.clone()).unwrap(), kv.mod_revision)
@@ -409,9 +408,8 @@ fn filters_and_prev_kv() {
         items
             .iter()
             .filter_map(|i| match i {
-                Outgoing::Events { watch_id, events, prev_kv, .. } if *watch_id == id => Some(
-                    events
-                        .iter()
+                Outgoing::Events { watch_id, prev_kv, .. } if *watch_id == id => Some(
+                    i.events()
                         .map(|e| (e.r#type, e.prev_kv.as_ref().map(|p| p.value.clone()), *prev_kv))
                         .collect::<Vec<_>>(),
                 ),
