@@ -529,3 +529,19 @@ fn exactly_once_while_publishing_races_catch_up() {
         }
     }
 }
+
+#[test]
+fn negative_start_revisions_follow_etcd() {
+    let mut f = Fixture::new();
+    f.write(&["a=1"]);
+    let s = f.hub.open_stream();
+    // Below etcd's "never compacted" mark of -1: a compacted cancel carrying -1.
+    s.watch(WatchSpec { start_revision: -5, ..spec("a") });
+    // -1 is not below it: no history, then new events only.
+    s.watch(WatchSpec { start_revision: -1, ..spec("a") });
+    let items = drain(&s);
+    assert_eq!(items[2], Outgoing::Compacted { watch_id: 0, compact_revision: -1 });
+    assert_eq!(event_summary(&items), vec![]);
+    let rev = f.write(&["a=2"]);
+    assert_eq!(event_summary(&drain(&s)), vec![(1, rev, vec![("a".into(), rev)])]);
+}
