@@ -283,6 +283,12 @@ pub fn all_scenarios() -> Vec<WatchScenario> {
                 collect(0),
                 txn(vec![op_put("big6", &big(400_000)), op_put("big7", &big(400_000)), op_put("big8", &big(400_000))]),
                 collect(0),
+                // With prev_kv the next synced revision is 2.4 MB: fragmented when asked.
+                send_create(0, with_fragment(with_prev(create_prefix("big")))),
+                send_create(0, with_prev(create_prefix("big"))),
+                collect(0),
+                txn(vec![op_put("big6", &big(400_001)), op_put("big7", &big(400_001)), op_put("big8", &big(400_001))]),
+                collect(0),
             ],
         ),
         WatchScenario::new(

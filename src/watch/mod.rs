@@ -17,8 +17,10 @@
 //! * A watcher whose next revision was compacted gets etcd's compacted response and leaves the
 //!   hub; its id stays taken on the stream until the client cancels it, as in etcd.
 //!
-//! Memory stays bounded: an outbox holds at most [`OUTBOX_CAPACITY`] event responses (and about
-//! [`OUTBOX_MAX_BYTES`]); whatever does not fit is re-read from history later.
+//! Memory stays bounded: an outbox holds at most [`OUTBOX_CAPACITY`] event responses, or
+//! [`OUTBOX_PER_WATCHER`] per watcher of the stream if that is more (so one revision going to
+//! every watcher of a busy stream fits a few times over), and about [`OUTBOX_MAX_BYTES`];
+//! whatever does not fit is re-read from history later.
 //!
 //! The hub knows nothing of mvcc or gRPC: `apply` provides history through the [`History`] trait,
 //! and `api/watch.rs` turns [`Outgoing`] items into `WatchResponse`s.
@@ -41,6 +43,10 @@ use index::WatcherIndex;
 
 /// Event responses an outbox holds before its watchers fall behind (etcd's per-stream `chanBufLen`).
 pub const OUTBOX_CAPACITY: usize = 128;
+/// ...or this many per watcher of the stream, when that is more. etcd's fixed 128 makes a stream
+/// with 100 watchers of one key fall behind whenever it is a revision and a half late, which is
+/// much of why etcd's watch latency grows under load; items are small (events are shared).
+pub const OUTBOX_PER_WATCHER: usize = 8;
 /// Bytes of events an outbox holds before its watchers fall behind (one response always fits).
 pub const OUTBOX_MAX_BYTES: usize = 16 << 20;
 /// Revisions one catch-up response carries at most (etcd's `watchBatchMaxRevs`).
@@ -254,8 +260,12 @@ struct Stream {
 }
 
 impl Stream {
+    fn capacity(&self) -> usize {
+        OUTBOX_CAPACITY.max(OUTBOX_PER_WATCHER * self.ids.len())
+    }
+
     fn has_room(&self) -> bool {
-        self.queued < OUTBOX_CAPACITY && self.queued_bytes < OUTBOX_MAX_BYTES
+        self.queued < self.capacity() && self.queued_bytes < OUTBOX_MAX_BYTES
     }
 
     fn push(&mut self, item: Outgoing) {
@@ -598,7 +608,7 @@ impl StreamHandle {
             w.progress_due = true;
         }
         for id in due {
-            if stream.queued < OUTBOX_CAPACITY {
+            if stream.queued < stream.capacity() {
                 stream.push(Outgoing::Progress { watch_id: id, revision: now });
                 self.wake.notify_one();
             }
@@ -658,7 +668,7 @@ impl StreamHandle {
             if !stream.has_room() {
                 return CatchUp::Blocked;
             }
-            let room = OUTBOX_CAPACITY.saturating_sub(stream.queued).max(1);
+            let room = stream.capacity().saturating_sub(stream.queued).max(1);
             let compacted = hub.history.compacted();
             let mut candidates: Vec<(i64, u64)> = Vec::new();
             let mut gone = Vec::new();
@@ -798,18 +808,24 @@ impl StreamHandle {
         let st = &mut *guard;
         let published = st.published;
         let Some(stream) = st.streams.get_mut(&self.id) else { return CatchUp::Idle };
+        // Watchers that catch up over the same events share one batch (and so one encoding).
+        let mut shared: HashMap<Vec<usize>, Arc<EventBatch>> = HashMap::new();
         for p in picked.iter_mut() {
             let Some(w) = st.watchers.get_mut(&p.wk) else { continue };
             // Canceled, or changed by someone else while we read: leave it to the next pass.
             if w.state != State::Unsynced || w.min_rev != p.min_rev {
                 continue;
             }
-            let evs: Vec<Arc<Event>> = p.hits.iter().map(|&i| &matched[i]).filter(|e| w.wants(e)).cloned().collect();
-            if !evs.is_empty() {
+            let hits: Vec<usize> = p.hits.iter().copied().filter(|&i| w.wants(&matched[i])).collect();
+            if !hits.is_empty() {
+                let batch = shared
+                    .entry(hits)
+                    .or_insert_with_key(|hits| EventBatch::new(hits.iter().map(|&i| matched[i].clone()).collect()))
+                    .clone();
                 stream.push(Outgoing::Events {
                     watch_id: w.id,
                     revision: to,
-                    batch: EventBatch::new(evs),
+                    batch,
                     only: None,
                     prev_kv: w.prev_kv,
                     fragment: w.fragment,
