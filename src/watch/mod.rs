@@ -56,8 +56,11 @@ const MAX_WATCHERS_PER_PASS: usize = 512;
 /// One history read: at most this many revisions or bytes of rows.
 const READ_REVS: usize = 1000;
 const READ_BYTES: usize = 4 << 20;
-/// A catch-up pass stops reading once it holds this many bytes of matching events.
+/// A catch-up pass stops reading once it holds this many bytes of matching events, or has read
+/// this many bytes of history (a watcher of a rarely changed key far behind must not hold a
+/// history reader for long); the next pass goes on from there.
 const PASS_MAX_BYTES: usize = 16 << 20;
+const PASS_MAX_SCANNED: usize = 64 << 20;
 /// History reads running at once, over all streams.
 const CONCURRENT_CATCH_UPS: usize = 2;
 
@@ -739,6 +742,7 @@ impl StreamHandle {
         let from = picked.iter().map(|p| p.min_rev).min().unwrap_or(to + 1);
         let mut matched: Vec<Event> = Vec::new();
         let mut matched_bytes = 0usize;
+        let mut scanned = 0usize;
         let mut read_to = from - 1;
         let mut cursor = from;
         while cursor <= to {
@@ -752,6 +756,7 @@ impl StreamHandle {
                 }
             };
             for ev in chunk.events {
+                scanned += event_bytes(&ev, false);
                 let Some(kv) = ev.kv.as_ref() else { continue };
                 let rev = kv.mod_revision;
                 let mut used = false;
@@ -782,7 +787,8 @@ impl StreamHandle {
             }
             read_to = chunk.last;
             cursor = chunk.last + 1;
-            if picked.iter().all(|p| p.more.is_some()) || matched_bytes >= PASS_MAX_BYTES {
+            if picked.iter().all(|p| p.more.is_some()) || matched_bytes >= PASS_MAX_BYTES || scanned >= PASS_MAX_SCANNED
+            {
                 break;
             }
         }
