@@ -165,7 +165,7 @@ impl Pump {
         let election = self.node.limits.election_timeout.max(Duration::from_millis(1));
         let mut leader_check = interval_at(Instant::now() + election, election);
         leader_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut leaderless = 0u32;
+        let mut leader = LeaderWatch::default();
         loop {
             let items = self.handle.pop(POP_BATCH);
             if !items.is_empty() {
@@ -195,14 +195,7 @@ impl Pump {
                 _ = self.handle.changed() => {}
                 _ = progress.tick() => self.handle.progress_tick(),
                 _ = leader_check.tick(), if self.require_leader => {
-                    // etcd's `monitorLeader`: cancel the stream after three election timeouts
-                    // without a leader.
-                    if self.node.raft_status().leader.is_none() {
-                        leaderless += 1;
-                    } else {
-                        leaderless = 0;
-                    }
-                    if leaderless >= MAX_LEADERLESS_TIMEOUTS {
+                    if leader.lost(self.node.raft_status().leader.is_some()) {
                         let _ = self.tx.send(Err(to_status(Error::NoLeader))).await;
                         return;
                     }
@@ -210,6 +203,21 @@ impl Pump {
                 _ = self.tx.closed() => return,
             }
         }
+    }
+}
+
+/// etcd's `monitorLeader` for `hasleader` streams: checked once per election timeout, the stream
+/// ends with `etcdserver: no leader` after three checks in a row found no leader.
+#[derive(Default)]
+struct LeaderWatch {
+    misses: u32,
+}
+
+impl LeaderWatch {
+    /// Record one check; true when the stream must end.
+    fn lost(&mut self, has_leader: bool) -> bool {
+        self.misses = if has_leader { 0 } else { self.misses + 1 };
+        self.misses >= MAX_LEADERLESS_TIMEOUTS
     }
 }
 
@@ -400,6 +408,25 @@ mod tests {
         // A single event is never fragmented.
         let one = WatchResponse { events: vec![big_event(0, 5000)], ..whole };
         assert_eq!(fragments(one.clone(), 10), vec![one]);
+    }
+
+    #[test]
+    fn hasleader_streams_end_after_three_leaderless_election_timeouts() {
+        let mut w = LeaderWatch::default();
+        assert!(!w.lost(false));
+        assert!(!w.lost(false));
+        assert!(!w.lost(true), "a leader resets the count");
+        assert!(!w.lost(false));
+        assert!(!w.lost(false));
+        assert!(w.lost(false));
+    }
+
+    #[test]
+    fn progress_period_has_up_to_ten_percent_jitter() {
+        for _ in 0..100 {
+            let p = progress_period(Duration::from_secs(10));
+            assert!(p >= Duration::from_secs(10) && p < Duration::from_secs(11), "{p:?}");
+        }
     }
 
     #[test]
