@@ -77,6 +77,7 @@ pub fn all_scenarios() -> Vec<WatchScenario> {
                 send_create(0, with_id(create("b", ""), 3)),
                 send_create(0, with_id(create("b", ""), -7)),
                 send_create(0, with_id(create("b", ""), 100)),
+                send_create(0, with_id(create("b", ""), -1)),
                 collect(0),
                 send_cancel(0, 1),
                 send_cancel(0, 1),
