@@ -354,10 +354,16 @@ impl WatchHub {
         if events.is_empty() {
             return;
         }
+        // Looked up once per event for every watcher, before taking the hub lock. A prev_kv
+        // watcher created meanwhile, or a failed lookup, sends the watcher the long way round:
+        // it falls behind and catch-up reads prev_kv from history.
+        let mut prev_filled = false;
         if self.prev_kv_watchers.load(Ordering::Acquire) > 0 {
-            // Looked up once per event for every watcher, before taking the hub lock.
             match self.history.prev_kvs(&events) {
-                Ok(prev) => events.iter_mut().zip(prev).for_each(|(e, p)| e.prev_kv = p),
+                Ok(prev) => {
+                    events.iter_mut().zip(prev).for_each(|(e, p)| e.prev_kv = p);
+                    prev_filled = true;
+                }
                 Err(e) => tracing::warn!(revision, error = %e, "watch: cannot read prev_kv"),
             }
         }
@@ -398,7 +404,7 @@ impl WatchHub {
             // The common case, a watcher that wants the whole revision, shares it as it is.
             let only = (wanted.len() != events.len()).then_some(wanted);
             let Some(stream) = st.streams.get_mut(&w.stream) else { continue };
-            if stream.has_room() {
+            if stream.has_room() && (prev_filled || !w.prev_kv) {
                 stream.push(Outgoing::Events {
                     watch_id: w.id,
                     revision,
@@ -408,7 +414,8 @@ impl WatchHub {
                     fragment: w.fragment,
                 });
             } else {
-                // The stream cannot keep up: this watcher will re-read `revision` on from history.
+                // The stream cannot keep up (or prev_kv is missing): this watcher will re-read
+                // `revision` on from history.
                 w.state = State::Unsynced;
                 w.min_rev = revision;
                 stream.unsynced += 1;

@@ -545,3 +545,42 @@ fn negative_start_revisions_follow_etcd() {
     let rev = f.write(&["a=2"]);
     assert_eq!(event_summary(&drain(&s)), vec![(1, rev, vec![("a".into(), rev)])]);
 }
+
+/// History whose prev_kv lookups fail until switched on: publish must not send a prev_kv
+/// watcher an event without its prev_kv, catch-up must fill it in later.
+#[test]
+fn a_failed_prev_kv_lookup_sends_the_watcher_through_catch_up() {
+    struct Flaky(Arc<FakeHistory>, Arc<std::sync::atomic::AtomicBool>);
+    impl History for Flaky {
+        fn compacted(&self) -> i64 {
+            Shared(self.0.clone()).compacted()
+        }
+        fn read(&self, from: i64, to: i64, max_revs: usize, max_bytes: usize) -> Result<Chunk> {
+            Shared(self.0.clone()).read(from, to, max_revs, max_bytes)
+        }
+        fn prev_kvs(&self, events: &[Event]) -> Result<Vec<Option<KeyValue>>> {
+            if self.1.load(Ordering::SeqCst) {
+                Shared(self.0.clone()).prev_kvs(events)
+            } else {
+                Err(Error::Storage("unavailable".into()))
+            }
+        }
+    }
+    let mut f = Fixture::new();
+    let ok = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    f.hub = Arc::new(WatchHub::new(Box::new(Flaky(f.history.clone(), ok.clone())), 1));
+    let s = f.hub.open_stream();
+    s.watch(WatchSpec { prev_kv: true, ..spec("a") });
+    s.watch(spec("a"));
+    drain(&s);
+    f.write(&["a=1"]);
+    f.write(&["a=2"]);
+    // The plain watcher is served; the prev_kv one waits (its catch-up fails too).
+    assert_eq!(event_summary(&s.pop(usize::MAX)).iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 1]);
+    assert_eq!(s.catch_up(), CatchUp::Failed);
+    ok.store(true, Ordering::SeqCst);
+    let items = drain(&s);
+    assert_eq!(event_summary(&items), vec![(0, 3, vec![("a".into(), 2), ("a".into(), 3)])]);
+    let prevs: Vec<Option<Vec<u8>>> = items[0].events().map(|e| e.prev_kv.as_ref().map(|p| p.value.clone())).collect();
+    assert_eq!(prevs, vec![None, Some(b"1".to_vec())]);
+}
