@@ -280,13 +280,36 @@ impl Stream {
     }
 }
 
+/// Hashing for the hub's own sequential ids: a multiply is enough (no untrusted keys), and
+/// publish looks up a watcher and its stream for every event it delivers.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 struct HubState {
     /// The newest revision published by apply; the hub's notion of "current".
     published: i64,
     next_stream: u64,
     next_watcher: u64,
-    streams: HashMap<u64, Stream>,
-    watchers: HashMap<u64, Watcher>,
+    streams: IdMap<Stream>,
+    watchers: IdMap<Watcher>,
     /// Every watcher that is not compacted, by key; publish checks the state of each match.
     index: WatcherIndex,
 }
@@ -309,8 +332,8 @@ impl WatchHub {
                 published: current,
                 next_stream: 1,
                 next_watcher: 1,
-                streams: HashMap::new(),
-                watchers: HashMap::new(),
+                streams: IdMap::default(),
+                watchers: IdMap::default(),
                 index: WatcherIndex::default(),
             }),
             prev_kv_watchers: AtomicUsize::new(0),
@@ -396,13 +419,15 @@ impl WatchHub {
             if w.state != State::Synced || w.min_rev > revision {
                 continue;
             }
-            let wanted: Vec<u32> = group.iter().map(|(_, i)| *i).filter(|i| w.wants(&events[*i as usize])).collect();
+            let wanted = group.iter().filter(|(_, i)| w.wants(&events[*i as usize])).count();
             // etcd: a revision whose events were all filtered out sends nothing.
-            if wanted.is_empty() {
+            if wanted == 0 {
                 continue;
             }
-            // The common case, a watcher that wants the whole revision, shares it as it is.
-            let only = (wanted.len() != events.len()).then_some(wanted);
+            // The common case, a watcher that wants the whole revision, shares it as it is
+            // (no allocation per watcher).
+            let only = (wanted != events.len())
+                .then(|| group.iter().map(|(_, i)| *i).filter(|i| w.wants(&events[*i as usize])).collect::<Vec<u32>>());
             let Some(stream) = st.streams.get_mut(&w.stream) else { continue };
             if stream.has_room() && (prev_filled || !w.prev_kv) {
                 stream.push(Outgoing::Events {

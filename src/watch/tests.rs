@@ -584,3 +584,29 @@ fn a_failed_prev_kv_lookup_sends_the_watcher_through_catch_up() {
     let prevs: Vec<Option<Vec<u8>>> = items[0].events().map(|e| e.prev_kv.as_ref().map(|p| p.value.clone())).collect();
     assert_eq!(prevs, vec![None, Some(b"1".to_vec())]);
 }
+
+/// Cost of publishing one revision to 1,000 watchers of its key on 10 streams (run with
+/// `cargo test --release --lib publish_cost -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn publish_cost() {
+    let mut f = Fixture::new();
+    let streams: Vec<StreamHandle> = (0..10).map(|_| f.hub.open_stream()).collect();
+    for i in 0..1000 {
+        streams[i % 10].watch(spec("k"));
+    }
+    for s in &streams {
+        s.pop(usize::MAX);
+    }
+    let rounds = 2000;
+    let mut spent = std::time::Duration::ZERO;
+    for i in 0..rounds {
+        let started = std::time::Instant::now();
+        f.write(&[&format!("k={i}")]);
+        spent += started.elapsed();
+        for s in &streams {
+            assert_eq!(s.pop(usize::MAX).len(), 100);
+        }
+    }
+    eprintln!("publish to 1000 watchers: {:?} per revision", spent / rounds);
+}
