@@ -34,6 +34,12 @@ pub enum Error {
     #[error("database space exceeded")]
     NoSpace,
 
+    // --- watch (etcd's mvcc watch errors; they reach clients as a `cancel_reason`) ---
+    #[error("watcher range is empty")]
+    WatcherRangeEmpty,
+    #[error("duplicate watch ID provided on the WatchStream")]
+    DuplicateWatchId,
+
     // --- lease ---
     #[error("requested lease not found")]
     LeaseNotFound,

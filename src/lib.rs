@@ -5,7 +5,9 @@
 //! (`storage`, sled or redb). Reads (`read`) confirm leadership through raft's read index and then
 //! read `mvcc` directly, never through the log. `node` is the handle every service shares, `server`
 //! boots and stops it all, `config` speaks etcd's flags, and `auto_compact` is the leader's
-//! periodic Compact proposer.
+//! periodic Compact proposer. After each commit `apply` publishes the revision's events to the watch
+//! hub (`watch`), which feeds synced watchers at once and lets the others catch up from `mvcc`
+//! history; `api/watch.rs` serves the streams.
 //!
 //! Leases: `apply` keeps the replicated lease state in `lease` (the lessor: TTLs, checkpoints,
 //! attached keys); the leader's `lease_clock` holds the deadlines, answers keep-alives without
@@ -28,3 +30,4 @@ pub mod server;
 pub mod snapshot;
 pub mod storage;
 pub mod wal;
+pub mod watch;

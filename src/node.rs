@@ -32,6 +32,10 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// How long a proposal may wait for its result (etcd: 5 s + 2 × election timeout).
     pub request_timeout: Duration,
+    /// Period of watch progress notifications (`--experimental-watch-progress-notify-interval`).
+    pub watch_progress_notify_interval: Duration,
+    /// Raft election timeout: `hasleader` streams end after three of them without a leader.
+    pub election_timeout: Duration,
 }
 
 pub struct Node {

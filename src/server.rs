@@ -85,6 +85,8 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         max_request_bytes: config.max_request_bytes as usize,
         max_txn_ops: config.max_txn_ops as usize,
         request_timeout: Duration::from_secs(5) + 2 * config.election_timeout(),
+        watch_progress_notify_interval: config.watch_progress_notify_interval,
+        election_timeout: config.election_timeout(),
     };
     let lease_settings = LeaseSettings::new(config.heartbeat_interval(), config.election_timeout());
     let leases = Arc::new(LeaseClock::new(applier.lessor().clone(), lease_settings));

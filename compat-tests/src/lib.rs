@@ -4,12 +4,16 @@
 
 pub mod diff;
 pub mod etcdctl;
+pub mod etcdctl_watch;
 pub mod lease_ids;
 pub mod lease_scenarios;
 pub mod runner;
 pub mod scenario;
 pub mod scenarios;
 pub mod server;
+pub mod watch;
+pub mod watch_client;
+pub mod watch_scenarios;
 
 pub use scenario::{run_differential, Outcome, Scenario, Step};
 pub use server::{HarnessError, Server, ServerKind};

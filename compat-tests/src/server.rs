@@ -163,6 +163,8 @@ pub struct Server {
     child: Option<Child>,
     /// Extra environment for the child (e.g. `KEEL_STORAGE_ENGINE`).
     env: Vec<(String, String)>,
+    /// Flags appended to the standard ones (both servers take etcd's flag names).
+    extra_args: Vec<String>,
 }
 
 impl Server {
@@ -183,12 +185,17 @@ impl Server {
 
     /// Starts a fresh single-member server of the given kind with an empty data directory.
     pub async fn start(kind: ServerKind) -> Result<Server, HarnessError> {
-        Server::start_with_env(kind, &[]).await
+        Server::start_prepared(kind, &[], &mut |_, _| Ok(())).await
     }
 
     /// Starts a fresh server with extra environment variables (kept across restarts).
     pub async fn start_with_env(kind: ServerKind, env: &[(&str, &str)]) -> Result<Server, HarnessError> {
         Server::start_prepared(kind, env, &mut |_, _| Ok(())).await
+    }
+
+    /// Like [`Server::start`], with extra etcd flags (e.g. `--experimental-watch-progress-notify-interval=1s`).
+    pub async fn start_with(kind: ServerKind, extra_args: &[&str]) -> Result<Server, HarnessError> {
+        Server::start_full(kind, &[], extra_args, &mut |_, _| Ok(())).await
     }
 
     /// Starts a server on a data directory that `prepare` builds first (e.g. by restoring a
@@ -197,6 +204,16 @@ impl Server {
     pub async fn start_prepared(
         kind: ServerKind,
         env: &[(&str, &str)],
+        prepare: &mut (dyn FnMut(&Path, &str) -> Result<(), HarnessError> + Send),
+    ) -> Result<Server, HarnessError> {
+        Server::start_full(kind, env, &[], prepare).await
+    }
+
+    /// The one constructor behind the others: environment, extra flags, and a data-dir preparer.
+    async fn start_full(
+        kind: ServerKind,
+        env: &[(&str, &str)],
+        extra_args: &[&str],
         prepare: &mut (dyn FnMut(&Path, &str) -> Result<(), HarnessError> + Send),
     ) -> Result<Server, HarnessError> {
         let binary = match kind {
@@ -222,8 +239,18 @@ impl Server {
             .map_err(|e| HarnessError::io("creating a temp dir", e))?;
         let dir_path = dir.path().to_path_buf();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut server =
-            Server { kind, binary, dir: Some(dir), dir_path, client_port: 0, peer_port: 0, child: None, env };
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        let mut server = Server {
+            kind,
+            binary,
+            dir: Some(dir),
+            dir_path,
+            client_port: 0,
+            peer_port: 0,
+            child: None,
+            env,
+            extra_args,
+        };
         // A port picked by free_port_pair can be taken by someone else before the server binds it:
         // only that failure is retried, with new ports and a clean data directory.
         let mut attempt = 0;
@@ -302,6 +329,24 @@ impl Server {
             .max_encoding_message_size(usize::MAX))
     }
 
+    /// A Watch client on a fresh channel (its own HTTP/2 connection), with no response size limit
+    /// and no per-call deadline (watch streams live as long as the test wants).
+    pub async fn watch(&self) -> Result<keel::proto::etcdserverpb::watch_client::WatchClient<Channel>, HarnessError> {
+        let endpoint = self.endpoint();
+        let failed = |reason: String| HarnessError::Connect { endpoint: endpoint.clone(), reason };
+        let ep = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| failed(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2));
+        let channel = match tokio::time::timeout(Duration::from_secs(3), ep.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return Err(failed(format!("{e:?}"))),
+            Err(_) => return Err(failed("connect timed out".to_string())),
+        };
+        Ok(keel::proto::etcdserverpb::watch_client::WatchClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
     /// A Lease client on a fresh channel.
     pub async fn lease(&self) -> Result<LeaseClient<Channel>, HarnessError> {
         Ok(LeaseClient::new(connect(&self.endpoint()).await?))
@@ -375,6 +420,7 @@ impl Server {
             .arg(&peer_url)
             .arg("--initial-cluster")
             .arg(format!("{MEMBER_NAME}={peer_url}"))
+            .args(&self.extra_args)
             .current_dir(&self.dir_path)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

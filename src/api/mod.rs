@@ -10,6 +10,8 @@ pub mod maintenance;
 pub mod pending;
 pub mod status;
 pub mod validate;
+pub mod watch;
+pub mod watch_wire;
 
 use std::sync::Arc;
 
@@ -18,7 +20,7 @@ use tonic::service::Routes;
 use crate::node::Node;
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    maintenance_server::MaintenanceServer,
 };
 use crate::proto::health::health_server::HealthServer;
 use crate::proto::v3electionpb::election_server::ElectionServer;
@@ -33,7 +35,7 @@ pub fn routes(node: Arc<Node>, max_recv: usize) -> Routes {
         };
     }
     Routes::new(limited!(KvServer::new(kv::KvService::new(node.clone()))))
-        .add_service(limited!(WatchServer::new(pending::PendingWatch)))
+        .add_service(watch_wire::WatchGrpc::new(watch::WatchService::new(node.clone()), max_recv))
         .add_service(limited!(LeaseServer::new(lease::LeaseService::new(node.clone()))))
         .add_service(limited!(ClusterServer::new(cluster::ClusterService::new(node.clone()))))
         .add_service(limited!(MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))))

@@ -1,11 +1,10 @@
-//! Services whose behaviour arrives with later issues (watch and lease, auth, lock and
-//! election). Registered now so every etcd method name resolves; each answers gRPC `Unimplemented`
+//! Services whose behaviour arrives with later issues (auth, lock and election). Registered now so every etcd method name resolves; each answers gRPC `Unimplemented`
 //! until its issue lands, as a client of an etcd without that feature would see.
 
 use std::pin::Pin;
 
 use futures::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::proto::etcdserverpb as pb;
 use crate::proto::{v3electionpb, v3lockpb};
@@ -15,21 +14,6 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 's
 
 pub fn not_yet(method: &str) -> Status {
     Status::unimplemented(format!("keel does not serve {method} yet"))
-}
-
-/// `Watch`: not served yet.
-pub struct PendingWatch;
-
-#[tonic::async_trait]
-impl pb::watch_server::Watch for PendingWatch {
-    type WatchStream = BoxStream<pb::WatchResponse>;
-
-    async fn watch(
-        &self,
-        _request: Request<Streaming<pb::WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(not_yet("Watch.Watch"))
-    }
 }
 
 /// `Auth`: not served yet.

@@ -29,10 +29,18 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
         Error::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
         Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
         Error::Corrupt => (Code::DataLoss, "etcdserver: corrupt cluster"),
+        // Never a call status in etcd: watch answers carry the text as `cancel_reason`.
+        Error::WatcherRangeEmpty => (Code::InvalidArgument, "mvcc: watcher range is empty"),
+        Error::DuplicateWatchId => (Code::InvalidArgument, "mvcc: duplicate watch ID provided on the WatchStream"),
         // etcd returns errors it has no mapping for as Unknown with their own text.
         Error::Storage(_) | Error::Io(_) | Error::Internal(_) => return (Code::Unknown, e.to_string()),
     };
     (code, msg.to_string())
+}
+
+/// The text etcd puts in a watch response's `cancel_reason` for `e`.
+pub fn cancel_reason(e: &Error) -> String {
+    code_and_message(e).1
 }
 
 pub fn to_status(e: Error) -> Status {
@@ -49,6 +57,8 @@ mod tests {
         let s = to_status(Error::Compacted);
         assert_eq!(s.code(), Code::OutOfRange);
         assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(cancel_reason(&Error::WatcherRangeEmpty), "mvcc: watcher range is empty");
+        assert_eq!(cancel_reason(&Error::DuplicateWatchId), "mvcc: duplicate watch ID provided on the WatchStream");
         let s = to_status(Error::EmptyKey);
         assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::apply::command::{CommandResult, RaftCommand, Request, Response};
+use crate::apply::watch_feed::{MvccHistory, StoreSlot};
 use crate::apply::{execute, txn};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
@@ -14,6 +15,7 @@ use crate::proto::etcdserverpb::{
     CompactionResponse, LeaseCheckpointResponse, LeaseGrantResponse, LeaseRevokeResponse, RangeRequest, ResponseHeader,
 };
 use crate::storage::{Engine, WriteBatch, WriteBuffer};
+use crate::watch::WatchHub;
 
 /// Meta-table key of the opaque raft position (last applied log id and membership) that the raft
 /// layer hands in with every entry.
@@ -24,7 +26,9 @@ pub struct Applier {
     /// Apply writes land here and reach the engine once per batch of entries (see `flush`).
     buffer: Arc<WriteBuffer>,
     engine: Arc<dyn Engine>,
-    mvcc: RwLock<Arc<MvccStore>>,
+    mvcc: StoreSlot,
+    /// Watchers hear of each committed revision from here, after its commit.
+    watch: Arc<WatchHub>,
     /// Physical compactions started by apply, waited on by the proposer that asked (by command id).
     compactions: Mutex<HashMap<u64, CompactionHandle>>,
     /// Leases and their attached keys; changed only here, in log order.
@@ -40,7 +44,10 @@ impl Applier {
         let mvcc = Arc::new(MvccStore::open(engine.clone())?);
         let lessor = Arc::new(Lessor::open(engine.as_ref())?);
         restore_attachments(&mvcc, &lessor)?;
-        Ok(Applier { buffer, engine, mvcc: RwLock::new(mvcc), compactions: Mutex::new(HashMap::new()), lessor })
+        let current = mvcc.current_revision();
+        let mvcc: StoreSlot = Arc::new(RwLock::new(mvcc));
+        let watch = Arc::new(WatchHub::new(Box::new(MvccHistory::new(mvcc.clone())), current));
+        Ok(Applier { buffer, engine, mvcc, watch, compactions: Mutex::new(HashMap::new()), lessor })
     }
 
     /// The lessor readers (the leader's lease clock, the Lease API) share.
@@ -74,6 +81,11 @@ impl Applier {
         &self.engine
     }
 
+    /// The watch hub this applier publishes to.
+    pub fn watch(&self) -> &Arc<WatchHub> {
+        &self.watch
+    }
+
     /// The raft position stored with the data by the last `apply`.
     pub fn applied_position(&self) -> Result<Option<Vec<u8>>> {
         Ok(self.engine.get(META_TABLE, META_RAFT_APPLIED)?)
@@ -105,6 +117,7 @@ impl Applier {
                         let committed = w.commit(extra)?;
                         lessor.follow(&committed.events);
                         set_revision(&mut resp.header, committed.revision);
+                        self.watch.publish(committed.revision, committed.events);
                         Ok(Response::Put(resp))
                     }
                     Err(e) => fail(&self.engine, w, extra, e)?,
@@ -117,6 +130,7 @@ impl Applier {
                         let committed = w.commit(extra)?;
                         lessor.follow(&committed.events);
                         set_revision(&mut resp.header, committed.revision);
+                        self.watch.publish(committed.revision, committed.events);
                         Ok(Response::DeleteRange(resp))
                     }
                     Err(e) => fail(&self.engine, w, extra, e)?,
@@ -129,6 +143,7 @@ impl Applier {
                         let committed = w.commit(extra)?;
                         lessor.follow(&committed.events);
                         set_revision(&mut resp.header, committed.revision);
+                        self.watch.publish(committed.revision, committed.events);
                         Ok(Response::Txn(resp))
                     }
                     Err(e) => fail(&self.engine, w, extra, e)?,
@@ -183,7 +198,10 @@ impl Applier {
                     let committed = w.commit(extra)?;
                     lessor.follow(&committed.events);
                     lessor.revoked(req.id);
-                    let header = Some(ResponseHeader { revision: committed.revision, ..Default::default() });
+                    let revision = committed.revision;
+                    // Watchers see the revoke's DELETE events like any other deletion.
+                    self.watch.publish(committed.revision, committed.events);
+                    let header = Some(ResponseHeader { revision, ..Default::default() });
                     Ok(Response::LeaseRevoke(LeaseRevokeResponse { header }))
                 }
                 Err(e) => {
@@ -209,7 +227,10 @@ impl Applier {
         let fresh = Arc::new(MvccStore::open(self.engine.clone())?);
         self.lessor.reload(self.engine.as_ref())?;
         restore_attachments(&fresh, &self.lessor)?;
+        let current = fresh.current_revision();
         *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        // Watchers re-read from the new store what they may have missed.
+        self.watch.reset(current);
         Ok(())
     }
 

@@ -5,6 +5,7 @@ pub mod applier;
 pub mod command;
 pub mod execute;
 pub mod txn;
+pub mod watch_feed;
 
 #[cfg(test)]
 mod lease_tests;

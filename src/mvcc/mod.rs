@@ -21,6 +21,7 @@ use crate::storage::{Engine, Table, WriteBatch};
 
 mod compaction;
 mod go_sort;
+mod history;
 mod key_index;
 mod range;
 mod revision;
@@ -33,6 +34,7 @@ mod model_tests;
 mod tests;
 
 pub use compaction::CompactionHandle;
+pub use history::HistoryChunk;
 pub use revision::Revision;
 
 use key_index::{KeyRange, TreeIndex};

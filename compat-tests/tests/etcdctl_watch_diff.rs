@@ -1,0 +1,26 @@
+//! Stock `etcdctl watch` (prefix, --rev, --prev-kv, --progress-notify, -w json/fields, --hex,
+//! interactive) against the reference etcd and the candidate; outputs must match once masked.
+//! `KEEL_SCENARIO` and `KEEL_COMPAT_CANDIDATE` work as in kv_diff.
+
+use compat_tests::etcdctl_watch::{run_differential, selected_cases};
+use compat_tests::runner::{jobs, run_parallel, verdict};
+use compat_tests::ServerKind;
+
+/// The server checked against etcd: the one line to switch (KEEL_COMPAT_CANDIDATE overrides it).
+const CANDIDATE: ServerKind = ServerKind::Keel;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcdctl_watch_outputs_match_etcd() {
+    let candidate = ServerKind::from_env_or(CANDIDATE);
+    let items = selected_cases().into_iter().map(|c| (c.name.to_string(), c)).collect();
+    let results =
+        run_parallel(
+            items,
+            jobs(),
+            move |case| async move { run_differential(&case, ServerKind::Etcd, candidate).await },
+        )
+        .await;
+    if let Err(report) = verdict(&format!("etcdctl watch cases (etcd vs {candidate})"), &results) {
+        panic!("{report}");
+    }
+}
