@@ -265,7 +265,6 @@ async fn kube_apiserver_shaped_workload() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = {
         let (streams, stop) = (streams.clone(), stop.clone());
-        let kind = kind;
         tokio::spawn(async move {
             let mut round = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {

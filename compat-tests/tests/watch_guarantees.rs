@@ -133,7 +133,8 @@ impl Spec {
     }
 
     fn wants(&self, e: &Ev) -> bool {
-        self.contains(&e.kv.key) && !(e.delete && self.no_delete) && !(!e.delete && self.no_put)
+        let filtered_out = if e.delete { self.no_delete } else { self.no_put };
+        self.contains(&e.kv.key) && !filtered_out
     }
 
     fn request(&self) -> WatchCreateRequest {
@@ -294,8 +295,8 @@ async fn watch_guarantees_hold_under_random_load() {
     for _ in 0..STREAMS {
         streams.push(WatchConn::open(&server, rng.chance(50)).await.unwrap());
     }
-    let mut creates = vec![0usize; STREAMS];
-    let mut next_id = vec![0i64; STREAMS];
+    let mut creates = [0usize; STREAMS];
+    let mut next_id = [0i64; STREAMS];
     let mut watchers: Vec<Watcher> = Vec::new();
     let mut paused: Option<(usize, usize)> = None;
 
