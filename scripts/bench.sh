@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Keel vs real etcd 3.5.16 on this machine, side by side: the same load generator (keel-bench) runs
 # each workload against both servers, alternating A/B for ROUNDS rounds, and prints the median of each
-# with the ratio Keel/etcd. Also compares Keel's two storage engines.
+# with the ratio Keel/etcd. Also compares Keel's two storage engines. Watch latency has its own
+# script, scripts/bench-watch.sh.
 #
 #   scripts/bench.sh                 # all workloads, 3 rounds
 #   ROUNDS=5 scripts/bench.sh        # more rounds
@@ -56,6 +57,7 @@ WORKLOADS=(
   "txn-put, 100 clients|--conns 10 --clients 100 --total 30000 txn-put --key-space-size 100000"
   "range (linearizable), 100 clients|--conns 10 --clients 100 --total 60000 range"
   "range (serializable), 100 clients|--conns 10 --clients 100 --total 60000 range --consistency s"
+  "lease keep-alive, 100 clients|--conns 10 --clients 100 --total 60000 lease-keepalive"
 )
 
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
