@@ -555,18 +555,7 @@ pub fn all_cases() -> Vec<Case> {
 
 /// Cases chosen by `KEEL_SCENARIO` (same syntax as for KV scenarios), or all.
 pub fn selected_cases() -> Vec<Case> {
-    let filter = std::env::var("KEEL_SCENARIO").unwrap_or_default();
-    let patterns: Vec<String> = filter.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    all_cases()
-        .into_iter()
-        .filter(|c| {
-            patterns.is_empty()
-                || patterns.iter().any(|p| match p.strip_suffix('*') {
-                    Some(prefix) => c.name.starts_with(prefix),
-                    None => c.name == p.as_str(),
-                })
-        })
-        .collect()
+    all_cases().into_iter().filter(|c| crate::chosen(c.name)).collect()
 }
 
 #[cfg(test)]

@@ -131,18 +131,7 @@ pub fn all_cases() -> Vec<WatchCase> {
 
 /// Cases chosen by `KEEL_SCENARIO` (same syntax as elsewhere), or all.
 pub fn selected_cases() -> Vec<WatchCase> {
-    let filter = std::env::var("KEEL_SCENARIO").unwrap_or_default();
-    let patterns: Vec<String> = filter.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    all_cases()
-        .into_iter()
-        .filter(|c| {
-            patterns.is_empty()
-                || patterns.iter().any(|p| match p.strip_suffix('*') {
-                    Some(prefix) => c.name.starts_with(prefix),
-                    None => c.name == p.as_str(),
-                })
-        })
-        .collect()
+    all_cases().into_iter().filter(|c| crate::chosen(c.name)).collect()
 }
 
 async fn spawn(server: &Server, cmd: &Cmd) -> Result<Child, HarnessError> {

@@ -17,3 +17,19 @@ pub mod watch_scenarios;
 
 pub use scenario::{run_differential, Outcome, Scenario, Step};
 pub use server::{HarnessError, Server, ServerKind};
+
+/// Whether a scenario or case called `name` runs: `KEEL_SCENARIO` holds comma-separated names, each
+/// exact or a `prefix*`; unset or empty runs everything. One rule for every kind of scenario.
+pub fn chosen(name: &str) -> bool {
+    name_matches(&std::env::var("KEEL_SCENARIO").unwrap_or_default(), name)
+}
+
+/// `chosen` against an explicit filter.
+pub fn name_matches(filter: &str, name: &str) -> bool {
+    let mut patterns = filter.split(',').map(str::trim).filter(|p| !p.is_empty()).peekable();
+    patterns.peek().is_none()
+        || patterns.any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == p,
+        })
+}

@@ -210,24 +210,11 @@ pub fn all_scenarios() -> Vec<Scenario> {
 
 /// Scenarios chosen by `KEEL_SCENARIO` (comma-separated names; `prefix*` matches a prefix), or all.
 pub fn selected() -> Vec<Scenario> {
-    let filter = std::env::var("KEEL_SCENARIO").unwrap_or_default();
-    filter_by(all_scenarios(), &filter)
+    all_scenarios().into_iter().filter(|s| crate::chosen(s.name)).collect()
 }
 
 pub fn filter_by(scenarios: Vec<Scenario>, filter: &str) -> Vec<Scenario> {
-    let patterns: Vec<&str> = filter.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    if patterns.is_empty() {
-        return scenarios;
-    }
-    scenarios
-        .into_iter()
-        .filter(|s| {
-            patterns.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => s.name.starts_with(prefix),
-                None => s.name == *p,
-            })
-        })
-        .collect()
+    scenarios.into_iter().filter(|s| crate::name_matches(filter, s.name)).collect()
 }
 
 fn range_scenarios() -> Vec<Scenario> {

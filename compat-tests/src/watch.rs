@@ -102,17 +102,7 @@ pub fn create(key: &str, end: &str) -> WatchCreateRequest {
     WatchCreateRequest { key: key.into(), range_end: end.into(), ..Default::default() }
 }
 
-/// clientv3's prefix end: the prefix with its last byte below 0xff incremented.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+pub use crate::watch_client::prefix_end;
 
 pub fn create_prefix(prefix: &str) -> WatchCreateRequest {
     WatchCreateRequest { key: prefix.into(), range_end: prefix_end(prefix.as_bytes()), ..Default::default() }

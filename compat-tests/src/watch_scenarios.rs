@@ -401,16 +401,5 @@ fn with_progress(mut c: WatchCreateRequest) -> WatchCreateRequest {
 
 /// Scenarios chosen by `KEEL_SCENARIO` (same syntax as the KV scenarios), or all.
 pub fn selected() -> Vec<WatchScenario> {
-    let filter = std::env::var("KEEL_SCENARIO").unwrap_or_default();
-    let patterns: Vec<&str> = filter.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    all_scenarios()
-        .into_iter()
-        .filter(|s| {
-            patterns.is_empty()
-                || patterns.iter().any(|p| match p.strip_suffix('*') {
-                    Some(prefix) => s.name.starts_with(prefix),
-                    None => s.name == *p,
-                })
-        })
-        .collect()
+    all_scenarios().into_iter().filter(|s| crate::chosen(s.name)).collect()
 }
