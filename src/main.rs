@@ -97,10 +97,11 @@ fn snapshot_command(args: &[String]) -> anyhow::Result<()> {
         "restore" => {
             let report = snapshot::restore_dir(&opts)?;
             eprintln!(
-                "restored snapshot {} into {}: {} revision rows, revision {}, compacted at {}",
+                "restored snapshot {} into {}: {} revision rows, {} leases, revision {}, compacted at {}",
                 opts.snapshot.display(),
                 opts.data_dir().display(),
                 report.rows,
+                report.leases,
                 report.revision,
                 report.compact_revision.map_or_else(|| "none".to_string(), |r| r.to_string()),
             );

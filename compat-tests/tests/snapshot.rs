@@ -7,20 +7,28 @@
 //!   (and with `keel snapshot restore` too),
 //!
 //! and each restored server must answer Range at every retained revision exactly as the server the
-//! snapshot came from (key-values, count, header revision; errors below the compaction).
+//! snapshot came from (key-values, count, header revision; errors below the compaction), and know
+//! the same leases with the same keys attached.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use compat_tests::server::{etcd_bin_dir, etcdctl_path, keel_bin, HarnessError, Server, ServerKind, MEMBER_NAME};
 use keel::proto::etcdserverpb::{
-    request_op, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    request_op, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
+
+/// A lease the history grants and puts a key on; it must survive the snapshot both ways.
+const LEASE_ID: i64 = 0x7e57;
 
 /// The history, identical on both servers; returns the revision it compacted at.
 async fn script(server: &Server) -> i64 {
     let mut kv = server.kv().await.expect("client");
     let put = |key: String, value: Vec<u8>| PutRequest { key: key.into_bytes(), value, ..Default::default() };
+    let mut lease = server.lease().await.expect("lease client");
+    lease.lease_grant(LeaseGrantRequest { id: LEASE_ID, ttl: 3600 }).await.expect("grant");
+    kv.put(PutRequest { lease: LEASE_ID, ..put("leased".into(), b"v".to_vec()) }).await.expect("put on lease");
     for round in 0..3 {
         for i in 0..40 {
             kv.put(put(format!("key/{i:02}"), vec![b'a' + round; 300])).await.expect("put");
@@ -170,6 +178,23 @@ async fn assert_same_next_write(a: &Server, b: &Server, what: &str) {
     assert_eq!(range_at(a, 0).await, range_at(b, 0).await, "{what}: state after the next write");
 }
 
+/// The leases a server knows: ids, and the scripted lease's granted TTL and attached keys.
+async fn leases_seen(server: &Server) -> (Vec<i64>, i64, Vec<Vec<u8>>) {
+    let mut lease = server.lease().await.expect("lease client");
+    let leases = lease.lease_leases(LeaseLeasesRequest {}).await.expect("leases").into_inner();
+    let ids = leases.leases.iter().map(|l| l.id).collect();
+    let req = LeaseTimeToLiveRequest { id: LEASE_ID, keys: true };
+    let ttl = lease.lease_time_to_live(req).await.expect("timetolive").into_inner();
+    (ids, ttl.granted_ttl, ttl.keys)
+}
+
+/// The restored server knows the same leases, with the same granted TTL and attached keys.
+async fn assert_same_leases(source: &Server, restored: &Server, what: &str) {
+    let (a, b) = (leases_seen(source).await, leases_seen(restored).await);
+    assert_eq!(a, b, "{what}: leases (ids, granted TTL, keys)");
+    assert_eq!(a.0, vec![LEASE_ID], "{what}: the scripted lease");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshots_move_between_etcd_and_keel() {
     let (etcd, keel) = tokio::join!(Server::etcd(), Server::keel());
@@ -198,6 +223,9 @@ async fn snapshots_move_between_etcd_and_keel() {
     assert_same_history(&etcd, &keel_from_etcd, compacted, "etcd snapshot restored into keel").await;
     assert_same_history(&keel, &etcd_from_keel, compacted, "keel snapshot restored into etcd").await;
     assert_same_history(&keel, &keel_from_keel, compacted, "keel snapshot restored into keel").await;
+    assert_same_leases(&etcd, &keel_from_etcd, "etcd snapshot restored into keel").await;
+    assert_same_leases(&keel, &etcd_from_keel, "keel snapshot restored into etcd").await;
+    assert_same_leases(&keel, &keel_from_keel, "keel snapshot restored into keel").await;
     assert_same_next_write(&etcd, &keel_from_etcd, "etcd snapshot restored into keel").await;
     assert_same_next_write(&etcd_from_keel, &keel_from_keel, "keel snapshot restored into etcd and keel").await;
 }

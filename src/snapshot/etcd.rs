@@ -23,6 +23,9 @@ pub(crate) const META_TABLE: &str = "meta";
 
 const KEY_BUCKET: &[u8] = b"key";
 const META_BUCKET: &[u8] = b"meta";
+/// etcd's lease bucket: 8-byte big-endian id -> `leasepb.Lease`, the very layout of Keel's lease
+/// table, so rows are copied as they are both ways (attachments are rebuilt from the keys).
+const LEASE_BUCKET: &[u8] = b"lease";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 
@@ -42,6 +45,9 @@ const ETCD_BUCKETS: &[&[u8]] = &[
 
 /// The cluster version a 3.5 cluster records (`cluster/clusterVersion`): etcd stores major.minor.0.
 const CLUSTER_VERSION: &[u8] = b"3.5.0";
+
+/// Keel's lease table (`lease::LEASE_TABLE`; a test pins the two equal).
+pub(crate) const LEASE_TABLE: &str = "lease";
 
 /// Restored rows reach the engine in batches of about this many bytes.
 const RESTORE_BATCH_BYTES: usize = 8 << 20;
@@ -87,11 +93,16 @@ pub fn export<W: Write + Seek>(engine: &dyn Engine, info: &ExportInfo, out: W) -
     let mut w = Writer::new(out)?;
     let mut key_bucket = BucketBuilder::new();
     let mut meta_rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut lease_rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut failure = None;
     engine
         .scan_all(&mut |table, key, value| {
             let done = match table {
                 KV_TABLE => key_bucket.put(&mut w, key, value),
+                LEASE_TABLE => {
+                    lease_rows.insert(key.to_vec(), value.to_vec());
+                    Ok(())
+                }
                 META_TABLE if key == SCHEDULED_COMPACT || key == FINISHED_COMPACT => {
                     meta_rows.insert(key.to_vec(), value.to_vec());
                     Ok(())
@@ -130,6 +141,7 @@ pub fn export<W: Write + Seek>(engine: &dyn Engine, info: &ExportInfo, out: W) -
         let rows: BTreeMap<Vec<u8>, Vec<u8>> = match *name {
             b"meta" => std::mem::take(&mut meta_rows),
             b"members" => std::mem::take(&mut members),
+            b"lease" => std::mem::take(&mut lease_rows),
             // A fresh etcd 3.5 backend holds authRevision 1 (and no authEnabled row until auth is
             // first enabled or disabled); Keel has no auth store yet, so that is the truth.
             b"auth" => BTreeMap::from([(b"authRevision".to_vec(), 1u64.to_be_bytes().to_vec())]),
@@ -251,6 +263,8 @@ pub struct RestoreReport {
     pub revision: i64,
     /// etcd's `finishedCompactRev`, if a compaction had finished.
     pub compact_revision: Option<i64>,
+    /// Leases copied into the lease table.
+    pub leases: u64,
     /// Parts of the snapshot Keel has no store for yet, skipped.
     pub skipped: Vec<String>,
 }
@@ -322,10 +336,19 @@ pub fn restore(db: &[u8], engine: &dyn Engine) -> Result<RestoreReport, Snapshot
             Ok(())
         })?;
     }
+    if let Some(leases) = bucket_of(&reader, LEASE_BUCKET)? {
+        reader.for_each(leases, &mut |e| {
+            if let Entry::Value { key, value } = e {
+                batch.put(LEASE_TABLE, key, value);
+                report.leases += 1;
+            }
+            Ok(())
+        })?;
+    }
     engine.write(batch).map_err(storage)?;
     engine.sync().map_err(storage)?;
 
-    for (bucket, what) in [(&b"lease"[..], "leases"), (b"authUsers", "users"), (b"authRoles", "roles")] {
+    for (bucket, what) in [(&b"authUsers"[..], "users"), (b"authRoles", "roles")] {
         let n = count_rows(&reader, bucket)?;
         if n > 0 {
             report.skipped.push(format!("{n} {what} (this Keel build has no {what} store yet)"));
