@@ -30,6 +30,22 @@ fn fresh_buffered(kind: EngineKind) -> (TempDir, Arc<dyn Engine>) {
     (dir, Arc::new(WriteBuffer::new(engine)))
 }
 
+/// Open a directory an engine of this process had open a moment ago. sled's background thread lets
+/// go of its file lock shortly *after* the `Db` is dropped, so an immediate reopen can find the lock
+/// still held: wait for it (bounded), as a restarting server would.
+fn reopen(kind: EngineKind, dir: &Path) -> Arc<dyn Engine> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open(kind, dir) {
+            Ok(engine) => return engine,
+            Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen {kind} in {}: {e}", dir.display()),
+        }
+    }
+}
+
 fn other(kind: EngineKind) -> EngineKind {
     match kind {
         EngineKind::Redb => EngineKind::Sled,
@@ -312,7 +328,7 @@ fn reads_see_whole_batches(e: &dyn Engine) {
 fn sync_then_reopen(kind: EngineKind) {
     let dir = tempfile::tempdir().unwrap();
     {
-        let e = open(kind, dir.path()).unwrap();
+        let e = reopen(kind, dir.path());
         assert_eq!(e.name(), kind.to_string());
         for i in 0u32..50 {
             let mut b = WriteBatch::new();
@@ -322,7 +338,7 @@ fn sync_then_reopen(kind: EngineKind) {
         del(&*e, "kv", &7u32.to_be_bytes());
         e.sync().unwrap();
     }
-    let e = open(kind, dir.path()).unwrap();
+    let e = reopen(kind, dir.path());
     let rows = scan(&*e, "kv", b"", None);
     assert_eq!(rows.len(), 49);
     assert_eq!(e.get("kv", &7u32.to_be_bytes()).unwrap(), None);
@@ -363,7 +379,7 @@ fn export_import_across_engines(kind: EngineKind) {
         assert_eq!(again, dump, "the dump is canonical: same contents, same bytes");
     }
     // import ends with sync, so the contents survive a reopen.
-    let dst = open(other(kind), dst_dir.path()).unwrap();
+    let dst = reopen(other(kind), dst_dir.path());
     assert_eq!(everything(&*dst), everything(&*src));
 
     // An empty engine round-trips to an empty one.
