@@ -321,21 +321,12 @@ fn put_record(batch: &mut WriteBatch, r: &LeaseRecord) {
 
 fn load(engine: &dyn Engine) -> Result<State> {
     let mut state = State::default();
-    let mut failure = None;
-    engine.scan(LEASE_TABLE, &[], None, &mut |k, v| match record::decode(k, v) {
-        Ok(r) => {
-            state.insert(r.id, r.ttl, r.remaining_ttl);
-            true
-        }
-        Err(e) => {
-            failure = Some(e);
-            false
-        }
+    crate::storage::try_scan(engine, LEASE_TABLE, &[], None, &mut |k, v| {
+        let r = record::decode(k, v)?;
+        state.insert(r.id, r.ttl, r.remaining_ttl);
+        Ok::<_, crate::error::Error>(true)
     })?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(state),
-    }
+    Ok(state)
 }
 
 #[cfg(test)]

@@ -49,46 +49,29 @@ impl MvccStore {
         let mut current = 0i64;
         let mut revs = 0usize;
         let mut bytes = 0usize;
-        let mut failure = None;
-        self.engine.scan(KV_TABLE, &start, Some(&end), &mut |k, v| {
-            let (rev, tombstone) = match Revision::from_row_key(k) {
-                Ok(parsed) => parsed,
-                Err(e) => {
-                    failure = Some(e);
-                    return false;
-                }
-            };
+        crate::storage::try_scan(self.engine.as_ref(), KV_TABLE, &start, Some(&end), &mut |k, v| {
+            let (rev, tombstone) = Revision::from_row_key(k)?;
             if rev.main != current {
                 if revs > 0 && (revs >= max_revs || bytes >= max_bytes) {
                     last = current;
-                    return false;
+                    return Ok(false);
                 }
                 current = rev.main;
                 revs += 1;
             }
             bytes += k.len() + v.len();
-            match decode_kv(v, rev) {
-                Ok(mut kv) => {
-                    let kind = if tombstone {
-                        // etcd's tombstone row is `KeyValue{key}`; the event reports the delete
-                        // revision from the row key (etcd's `kvsToEvents`).
-                        kv = KeyValue { key: kv.key, mod_revision: rev.main, ..Default::default() };
-                        EventType::Delete
-                    } else {
-                        EventType::Put
-                    };
-                    events.push(Event { r#type: kind as i32, kv: Some(kv), prev_kv: None });
-                    true
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    false
-                }
-            }
+            let mut kv = decode_kv(v, rev)?;
+            let kind = if tombstone {
+                // etcd's tombstone row is `KeyValue{key}`; the event reports the delete revision
+                // from the row key (etcd's `kvsToEvents`).
+                kv = KeyValue { key: kv.key, mod_revision: rev.main, ..Default::default() };
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
+            events.push(Event { r#type: kind as i32, kv: Some(kv), prev_kv: None });
+            Ok::<_, Error>(true)
         })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
         if from < self.compacted_main() {
             return Err(Error::Compacted);
         }

@@ -116,20 +116,10 @@ impl MvccStore {
 
         let mut index = TreeIndex::default();
         let mut newest = 0i64;
-        let mut failure = None;
-        engine.scan(KV_TABLE, &[], None, &mut |k, v| match restore_row(&mut index, k, v) {
-            Ok(main) => {
-                newest = newest.max(main);
-                true
-            }
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
+        crate::storage::try_scan(engine.as_ref(), KV_TABLE, &[], None, &mut |k, v| {
+            newest = newest.max(restore_row(&mut index, k, v)?);
+            Ok::<_, Error>(true)
         })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
 
         let compacted = finished.unwrap_or(-1);
         let current = 1.max(newest).max(compacted).max(scheduled.unwrap_or(0));

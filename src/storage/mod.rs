@@ -172,6 +172,29 @@ pub trait Engine: Send + Sync + 'static {
     fn clear(&self) -> Result<(), StorageError>;
 }
 
+/// A scan visitor that can fail; `Ok(false)` stops the scan.
+pub type FallibleVisitor<'a, E> = dyn FnMut(&[u8], &[u8]) -> Result<bool, E> + 'a;
+
+/// `Engine::scan` with a visitor that can fail: the first error stops the scan and is returned
+/// (the engine's own errors convert into the caller's error type).
+pub fn try_scan<E: From<StorageError>>(
+    engine: &dyn Engine,
+    table: Table,
+    start: &[u8],
+    end: Option<&[u8]>,
+    visit: &mut FallibleVisitor<'_, E>,
+) -> Result<(), E> {
+    let mut failure = None;
+    engine.scan(table, start, end, &mut |k, v| match visit(k, v) {
+        Ok(more) => more,
+        Err(e) => {
+            failure = Some(e);
+            false
+        }
+    })?;
+    failure.map_or(Ok(()), Err)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
     Redb,
