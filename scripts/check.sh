@@ -15,6 +15,8 @@ if [ -z "${PROTOC:-}" ] && command -v protoc >/dev/null 2>&1; then
 fi
 # compat-tests start the reference etcd and the keel binary from these paths.
 export KEEL_ETCD_BIN_DIR="${KEEL_ETCD_BIN_DIR:-$repo_root/.tools/etcd/usr/bin}"
+# Incremental caches double the target directory and buy nothing in a one-shot build.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export KEEL_BIN="${KEEL_BIN:-${CARGO_TARGET_DIR:-$repo_root/target}/debug/keel}"
 
 echo "check: cargo fmt --check" >&2
