@@ -2,8 +2,9 @@
 //! own connection and watch stream (`hasleader`, prefix watch from list revision + 1, prev_kv,
 //! progress_notify), concurrent creates/updates/deletes as Txns with mod_revision compares (with
 //! the Range fallback), paginated lists with limit and revision, count_only, the
-//! `compact_rev_key` Txn followed by Compact, progress requests on every stream, and two streams
-//! that stop reading for a while. Afterwards every watcher must have seen exactly the committed
+//! `compact_rev_key` Txn followed by Compact, progress requests on every stream, two streams
+//! that stop reading for a while, and Event-like objects created on short leases that expire
+//! (kube-apiserver attaches Events to leases it shares between objects). Afterwards every watcher must have seen exactly the committed
 //! writes of its prefix, in order, with the right prev_kv; every progress notification must come
 //! after all events up to its revision; every list must match the write log at its revision.
 //!
@@ -19,7 +20,9 @@ use compat_tests::watch_client::{
 };
 use compat_tests::{Server, ServerKind};
 use keel::proto::etcdserverpb::kv_client::KvClient;
-use keel::proto::etcdserverpb::{response_op, CompactionRequest, RangeRequest, TxnResponse, WatchCreateRequest};
+use keel::proto::etcdserverpb::{
+    response_op, CompactionRequest, LeaseGrantRequest, RangeRequest, TxnResponse, WatchCreateRequest,
+};
 use keel::proto::mvccpb::event::EventType;
 use tonic::transport::Channel;
 
@@ -28,6 +31,12 @@ const WRITERS: usize = 6;
 const INITIAL_PER_RESOURCE: usize = 3;
 /// Keys per resource the writers choose from.
 const NAMES: u64 = 12;
+
+/// Where the objects on expiring leases live (as kube-apiserver's `/registry/events/`).
+const EVENTS: &[u8] = b"/registry/events/";
+/// The shortest TTL etcd grants with default timing (1.5 election timeouts, rounded up).
+const EVENT_TTL: i64 = 2;
+const EVENTS_PER_LEASE: usize = 3;
 
 fn prefix(r: usize) -> Vec<u8> {
     format!("/registry/res{r:02}/").into_bytes()
@@ -192,6 +201,20 @@ async fn kube_apiserver_shaped_workload() {
         assert!(conn.wait_for(Duration::from_secs(10), |rs| rs.iter().any(|r| r.created)).await, "created");
     }
     let streams = Arc::new(streams);
+    let events_watch = WatchConn::open(&server, true).await.unwrap();
+    let events_from = header_rev(
+        &kv.range(RangeRequest { key: b"x".to_vec(), ..Default::default() }).await.unwrap().into_inner().header,
+    ) + 1;
+    events_watch
+        .create(WatchCreateRequest {
+            key: EVENTS.to_vec(),
+            range_end: prefix_end(EVENTS),
+            start_revision: events_from,
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await;
+    assert!(events_watch.wait_for(Duration::from_secs(10), |rs| rs.iter().any(|r| r.created)).await, "created");
 
     // Writers.
     let mut tasks = Vec::new();
@@ -229,6 +252,28 @@ async fn kube_apiserver_shaped_workload() {
             }
         }));
     }
+
+    // Objects on short leases, shared by a few objects each as kube-apiserver shares a lease
+    // between Events; the server's expiry deletes them.
+    let event_writer = {
+        let (mut kv, mut lease) = (server.kv().await.unwrap(), server.lease().await.unwrap());
+        let leases = (total_ops / 300).max(4);
+        tokio::spawn(async move {
+            let mut created: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+            for l in 0..leases {
+                let grant = lease.lease_grant(LeaseGrantRequest { ttl: EVENT_TTL, id: 0 }).await.unwrap().into_inner();
+                assert!(grant.error.is_empty() && grant.ttl >= EVENT_TTL, "{grant:?}");
+                for n in 0..EVENTS_PER_LEASE {
+                    let key = [EVENTS, format!("ev{l}-{n}").as_bytes()].concat();
+                    let resp = kv.txn(kube_create(&key, format!("lease {l}").as_bytes(), grant.id)).await;
+                    assert!(resp.unwrap().into_inner().succeeded);
+                    created.insert(key, grant.id);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            created
+        })
+    };
 
     // Lists, counts and the health Get, concurrently with the writes.
     let lists = Arc::new(Mutex::new(Vec::new()));
@@ -324,6 +369,7 @@ async fn kube_apiserver_shaped_workload() {
         t.await.unwrap();
     }
     reader.await.unwrap();
+    let event_leases = event_writer.await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     progress.await.unwrap();
     let compactions = compactor.await.unwrap();
@@ -413,6 +459,7 @@ async fn kube_apiserver_shaped_workload() {
         }
         events_seen += got.len();
     }
+    check_expired_events(&mut kv, &events_watch, &event_leases).await;
     for (key, end, rev, listed) in lists.lock().unwrap().iter() {
         assert_eq!(listed, &live_at(&log, key, end, *rev), "list of {:?} at {rev}", String::from_utf8_lossy(key));
     }
@@ -423,4 +470,54 @@ async fn kube_apiserver_shaped_workload() {
         lists.lock().unwrap().len()
     );
     assert!(compactions >= 1 || !soak(), "the run is long enough to compact");
+}
+
+/// Every object created on a lease must be deleted by the lease's expiry: the watcher sees its
+/// create, then one DELETE carrying the created value as prev_kv, and all objects of one lease
+/// go in the same revision (a revoke is one transaction).
+async fn check_expired_events(kv: &mut KvClient<Channel>, watch: &WatchConn, leases: &BTreeMap<Vec<u8>, i64>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(EVENT_TTL as u64 * 10);
+    loop {
+        let left = kv
+            .range(RangeRequest {
+                key: EVENTS.to_vec(),
+                range_end: prefix_end(EVENTS),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} objects outlived their leases");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all_seen = |rs: &[keel::proto::etcdserverpb::WatchResponse]| {
+        rs.iter().flat_map(|r| &r.events).filter(|e| e.r#type == EventType::Delete as i32).count() == leases.len()
+    };
+    assert!(watch.wait_for(Duration::from_secs(10), all_seen).await, "every expiry reached the watcher");
+    let mut put_rev: HashMap<Vec<u8>, (i64, Vec<u8>)> = HashMap::new();
+    let mut delete_rev_of_lease: HashMap<i64, i64> = HashMap::new();
+    for resp in watch.responses() {
+        assert!(!resp.canceled, "{resp:?}");
+        for ev in &resp.events {
+            let kv = ev.kv.clone().unwrap();
+            let lease = leases[&kv.key];
+            if ev.r#type == EventType::Put as i32 {
+                assert_eq!(kv.lease, lease, "object stored with its lease");
+                assert!(put_rev.insert(kv.key.clone(), (kv.mod_revision, kv.value)).is_none(), "created once");
+            } else {
+                let (created_at, value) = put_rev.get(&kv.key).cloned().expect("deleted after its create");
+                let prev = ev.prev_kv.as_ref().expect("expiry DELETE carries prev_kv");
+                assert_eq!((prev.mod_revision, &prev.value), (created_at, &value));
+                assert!(kv.mod_revision > created_at);
+                let same = *delete_rev_of_lease.entry(lease).or_insert(kv.mod_revision);
+                assert_eq!(same, kv.mod_revision, "a lease's objects are deleted in one revision");
+            }
+        }
+    }
+    assert_eq!(put_rev.len(), leases.len(), "every object's create was watched");
 }
