@@ -416,6 +416,7 @@ async fn kube_apiserver_shaped_workload() {
         }
     }
 
+    check_expired_events(&mut kv, &events_watch, &event_leases).await;
     let log = log.lock().unwrap();
     let mut events_seen = 0;
     let mut progress_seen = 0;
@@ -459,7 +460,6 @@ async fn kube_apiserver_shaped_workload() {
         }
         events_seen += got.len();
     }
-    check_expired_events(&mut kv, &events_watch, &event_leases).await;
     for (key, end, rev, listed) in lists.lock().unwrap().iter() {
         assert_eq!(listed, &live_at(&log, key, end, *rev), "list of {:?} at {rev}", String::from_utf8_lossy(key));
     }
