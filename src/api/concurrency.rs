@@ -25,8 +25,8 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use crate::proto::v3electionpb::{LeaderKey, LeaderResponse};
-use crate::{propose, read};
 use crate::watch::{KeySpan, Outgoing, StreamHandle, WatchSpec};
+use crate::{propose, read};
 
 /// clientv3's `concurrency.NewSession` grants a lease of this TTL when asked for lease 0.
 const DEFAULT_SESSION_TTL: i64 = 60;
@@ -117,11 +117,7 @@ fn first_created(prefix: &[u8]) -> RangeRequest {
 /// clientv3's `WithLastCreate` + `WithMaxCreateRev`: the youngest key under the prefix created
 /// at or before `max_create_revision`.
 fn last_created_before(prefix: &[u8], max_create_revision: i64) -> RangeRequest {
-    RangeRequest {
-        sort_order: SortOrder::Descend as i32,
-        max_create_revision,
-        ..first_created(prefix)
-    }
+    RangeRequest { sort_order: SortOrder::Descend as i32, max_create_revision, ..first_created(prefix) }
 }
 
 /// A Txn as the KV service runs it: validated, proposed, header completed.
@@ -320,9 +316,11 @@ impl Undo {
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        if let Some(req) = self.txn.take() {
+        // Outside a runtime (the process is ending) there is nobody left to clean up for.
+        let (Some(req), Ok(runtime)) = (self.txn.take(), tokio::runtime::Handle::try_current()) else { return };
+        {
             let node = self.node.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 if let Err(e) = txn(&node, req).await {
                     tracing::debug!(error = %e, "lock/election cleanup failed");
                 }
@@ -350,7 +348,7 @@ pub async fn lock(node: &Arc<Node>, name: &[u8], lease: i64) -> Result<(Response
         },
     )
     .await?;
-    let hdr = resp.header.clone().unwrap_or_default();
+    let hdr = resp.header.unwrap_or_default();
     let my_rev = if resp.succeeded {
         hdr.revision
     } else {
@@ -430,7 +428,7 @@ pub async fn campaign(node: &Arc<Node>, name: &[u8], lease: i64, value: &[u8]) -
     .await?;
     // etcd quirk: the response header is this first txn's, even when the campaign then waited
     // or proclaimed a new value.
-    let hdr = resp.header.clone().unwrap_or_default();
+    let hdr = resp.header.unwrap_or_default();
     let mut rev = hdr.revision;
     if !resp.succeeded {
         let mine =
@@ -530,7 +528,7 @@ async fn observe_into(node: &Arc<Node>, prefix: &[u8], tx: &ObserveTx) -> Option
                 first
             }
         };
-        tx.send(Ok(LeaderResponse { header: Some(hdr.clone()), kv: Some(kv.clone()) })).await.ok()?;
+        tx.send(Ok(LeaderResponse { header: Some(hdr), kv: Some(kv.clone()) })).await.ok()?;
         // Follow the leader's key: each put is a new value, a delete ends its reign.
         let mut waiter = Waiter::new(node);
         waiter.watch(KeySpan::Key(kv.key.clone()), hdr.revision + 1, false);

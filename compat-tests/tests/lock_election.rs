@@ -1,0 +1,482 @@
+//! The Lock and Election services, and etcdctl's `lock` / `elect` recipes, run the same way
+//! against the reference etcd 3.5.16 and the candidate; what clients see must match once lease ids
+//! (chosen differently by each server) are masked. Revisions are compared as they are: each
+//! scenario is sequential, so both servers reach the same revisions.
+//! `KEEL_COMPAT_CANDIDATE` works as in kv_diff.
+
+use std::future::Future;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use compat_tests::server::etcdctl_path;
+use compat_tests::{Server, ServerKind};
+use etcd_client::{Client, ConnectOptions, GetOptions, LeaderKey, LockOptions, ProclaimOptions, ResignOptions};
+use regex::Regex;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The server checked against etcd: the one line to switch (KEEL_COMPAT_CANDIDATE overrides it).
+const CANDIDATE: ServerKind = ServerKind::Keel;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Long enough for a call that is going to return to have returned on either server.
+const SETTLE: Duration = Duration::from_millis(400);
+
+/// Lease ids printed as etcd prints them in keys (`%x`), replaced by stable labels.
+#[derive(Default)]
+struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    fn add(&mut self, id: i64, label: &str) {
+        self.0.push((format!("{id:x}"), label.to_string()));
+        self.0.push((id.to_string(), label.to_string()));
+    }
+
+    fn mask(&self, line: &str) -> String {
+        let mut out = line.to_string();
+        for (id, label) in &self.0 {
+            out = out.replace(id.as_str(), label);
+        }
+        out
+    }
+}
+
+fn kv(k: &etcd_client::KeyValue) -> String {
+    format!(
+        "{}={} c{} m{} v{} lease {}",
+        String::from_utf8_lossy(k.key()),
+        String::from_utf8_lossy(k.value()),
+        k.create_revision(),
+        k.mod_revision(),
+        k.version(),
+        k.lease()
+    )
+}
+
+fn leader_key(l: &LeaderKey) -> String {
+    format!(
+        "name {} key {} rev {} lease {}",
+        String::from_utf8_lossy(l.name()),
+        String::from_utf8_lossy(l.key()),
+        l.rev(),
+        l.lease()
+    )
+}
+
+fn rev(h: Option<&etcd_client::ResponseHeader>) -> String {
+    h.map_or("no header".to_string(), |h| format!("rev {}", h.revision()))
+}
+
+fn err(e: etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("error {:?}: {}", s.code(), s.message()),
+        other => format!("client error {other}"),
+    }
+}
+
+async fn timed<T>(fut: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(err(e)),
+        Err(_) => Err(format!("no reply within {CALL_TIMEOUT:?}")),
+    }
+}
+
+async fn connect(server: &Server) -> Result<Client, String> {
+    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3));
+    timed(Client::connect([server.endpoint()], Some(options))).await
+}
+
+async fn grant(c: &mut Client, ttl: i64, labels: &mut Labels, label: &str) -> Result<i64, String> {
+    let id = timed(c.lease_grant(ttl, None)).await?.id();
+    labels.add(id, label);
+    Ok(id)
+}
+
+/// The keys under `prefix`, as the recipes left them.
+async fn keys(c: &mut Client, prefix: &str) -> String {
+    match timed(c.get(prefix, Some(GetOptions::new().with_prefix()))).await {
+        Ok(r) => {
+            // Key order depends on the lease ids; the queue order (create revision) does not.
+            let mut kvs = r.kvs().to_vec();
+            kvs.sort_by_key(|k| k.create_revision());
+            format!("keys {prefix}: {:?}", kvs.iter().map(kv).collect::<Vec<_>>())
+        }
+        Err(e) => format!("keys {prefix}: {e}"),
+    }
+}
+
+fn lock_result(r: Result<etcd_client::LockResponse, String>) -> (String, Vec<u8>) {
+    match r {
+        Ok(r) => (format!("{} key {}", rev(r.header()), String::from_utf8_lossy(r.key())), r.key().to_vec()),
+        Err(e) => (e, Vec::new()),
+    }
+}
+
+/// Lock: uncontended, contended (the second waits for the unlock), on a missing lease, released
+/// by the holder's lease expiring, a waiter cancelled by its client, a waiter whose lease is
+/// revoked, a session without a lease, the same lease twice, and Unlock of an empty key.
+async fn lock_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
+    let server = Server::start(kind).await.map_err(|e| e.to_string())?;
+    let mut c = connect(&server).await?;
+    let mut labels = Labels::default();
+    let mut out = Vec::new();
+    let l1 = grant(&mut c, 60, &mut labels, "L1").await?;
+    let l2 = grant(&mut c, 60, &mut labels, "L2").await?;
+
+    // Contended: the second Lock returns only after the first key is deleted.
+    let (line, k1) = lock_result(timed(c.lock("l", Some(LockOptions::new().with_lease(l1)))).await);
+    out.push(format!("lock l L1: {line}"));
+    let mut c2 = c.clone();
+    let waiter = tokio::spawn(async move { timed(c2.lock("l", Some(LockOptions::new().with_lease(l2)))).await });
+    tokio::time::sleep(SETTLE).await;
+    out.push(format!("second lock waits: {}", !waiter.is_finished()));
+    out.push(keys(&mut c, "l/").await);
+    out.push(format!("unlock: {}", timed(c.unlock(k1)).await.map_or_else(|e| e, |r| rev(r.header()))));
+    let (line, k2) = lock_result(waiter.await.map_err(|e| e.to_string())?);
+    out.push(format!("lock l L2 after unlock: {line}"));
+    out.push(format!("unlock: {}", timed(c.unlock(k2)).await.map_or_else(|e| e, |r| rev(r.header()))));
+
+    // Re-entrant on one lease: the second Lock finds its key and holds at once.
+    for i in 1..=2 {
+        let (line, _) = lock_result(timed(c.lock("again", Some(LockOptions::new().with_lease(l1)))).await);
+        out.push(format!("lock again #{i}: {line}"));
+    }
+
+    let (line, _) = lock_result(timed(c.lock("nolease", Some(LockOptions::new().with_lease(0x1234)))).await);
+    out.push(format!("lock on a missing lease: {line}"));
+    out.push(format!("unlock empty key: {}", timed(c.unlock("")).await.map_or_else(|e| e, |r| rev(r.header()))));
+
+    // A waiter whose client gives up: its key is cleaned up.
+    let (line, kc) = lock_result(timed(c.lock("c", Some(LockOptions::new().with_lease(l1)))).await);
+    out.push(format!("lock c L1: {line}"));
+    let gave_up = tokio::time::timeout(SETTLE, c.lock("c", Some(LockOptions::new().with_lease(l2)))).await;
+    out.push(format!("cancelled waiter returned: {}", gave_up.is_ok()));
+    tokio::time::sleep(SETTLE).await;
+    out.push(keys(&mut c, "c/").await);
+    out.push(format!("unlock: {}", timed(c.unlock(kc)).await.map_or_else(|e| e, |r| rev(r.header()))));
+
+    // A waiter whose lease is revoked while it waits fails once it would have held the lock.
+    let l3 = grant(&mut c, 60, &mut labels, "L3").await?;
+    let (line, kr) = lock_result(timed(c.lock("r", Some(LockOptions::new().with_lease(l1)))).await);
+    out.push(format!("lock r L1: {line}"));
+    let mut c2 = c.clone();
+    let waiter = tokio::spawn(async move { timed(c2.lock("r", Some(LockOptions::new().with_lease(l3)))).await });
+    tokio::time::sleep(SETTLE).await;
+    out.push(format!("revoke L3: {}", timed(c.lease_revoke(l3)).await.map_or_else(|e| e, |r| rev(r.header()))));
+    tokio::time::sleep(SETTLE).await;
+    out.push(format!("unlock: {}", timed(c.unlock(kr)).await.map_or_else(|e| e, |r| rev(r.header()))));
+    let (line, _) = lock_result(waiter.await.map_err(|e| e.to_string())?);
+    out.push(format!("waiter with revoked lease: {line}"));
+
+    // The holder's lease expires: the waiter gets the lock without any unlock.
+    let short = grant(&mut c, 2, &mut labels, "Lshort").await?;
+    let (line, _) = lock_result(timed(c.lock("x", Some(LockOptions::new().with_lease(short)))).await);
+    out.push(format!("lock x Lshort: {line}"));
+    let started = Instant::now();
+    let (line, kx) = lock_result(timed(c.lock("x", Some(LockOptions::new().with_lease(l2)))).await);
+    out.push(format!("lock x L2 after expiry: {line}"));
+    out.push(format!("waited for the expiry: {}", started.elapsed() >= Duration::from_secs(1)));
+    out.push(format!("unlock: {}", timed(c.unlock(kx)).await.map_or_else(|e| e, |r| rev(r.header()))));
+
+    // No lease: the server grants the session one of 60 s (and does not keep it alive).
+    let before = timed(c.leases()).await?.leases().len();
+    let (line, _) = lock_result(timed(c.lock("z", None)).await);
+    let after = timed(c.leases()).await?.leases().to_vec();
+    let session = after.iter().map(|s| s.id()).find(|id| line.contains(&format!("z/{id:x}")));
+    if let Some(id) = session {
+        labels.add(id, "Lsession");
+        let ttl = timed(c.lease_time_to_live(id, None)).await?;
+        out.push(format!("session lease granted ttl {}", ttl.granted_ttl()));
+    }
+    out.push(format!("lock z without lease: {line}; leases {before} -> {}", after.len()));
+    Ok(out.iter().map(|l| labels.mask(l)).collect())
+}
+
+/// Observe's messages, rendered, as they arrive. etcd (grpc-go) sends a stream's response
+/// headers only with its first message, so opening the stream itself waits for a leader; a task
+/// keeps that wait out of the transcript.
+fn observe(c: &Client, name: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut c = c.clone();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let mut stream = match c.observe(name).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(format!("observe: {}", err(e)));
+                return;
+            }
+        };
+        loop {
+            let line = match stream.message().await {
+                Ok(Some(r)) => format!("observe: {} {}", rev(r.header()), r.kv().map_or("no kv".into(), kv)),
+                Ok(None) => "observe: stream ended".to_string(),
+                Err(e) => format!("observe: {}", err(e)),
+            };
+            let end = !line.starts_with("observe: rev");
+            if tx.send(line).is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn observed(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    match tokio::time::timeout(SETTLE * 5, rx.recv()).await {
+        Ok(Some(line)) => line,
+        Ok(None) => "observe: task ended".to_string(),
+        Err(_) => "observe: nothing".to_string(),
+    }
+}
+
+/// Election: Leader with none, Observe from before the first leader, Campaign, Proclaim, a second
+/// campaigner waiting for Resign, a stale leader's Proclaim and Resign, a missing leader field,
+/// campaigning again with a new value.
+async fn election_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
+    let server = Server::start(kind).await.map_err(|e| e.to_string())?;
+    let mut c = connect(&server).await?;
+    let mut labels = Labels::default();
+    let mut out = Vec::new();
+    let l1 = grant(&mut c, 60, &mut labels, "L1").await?;
+    let l2 = grant(&mut c, 60, &mut labels, "L2").await?;
+
+    let leader = |r: Result<etcd_client::LeaderResponse, String>| match r {
+        Ok(r) => format!("{} {}", rev(r.header()), r.kv().map_or("no kv".into(), kv)),
+        Err(e) => e,
+    };
+    out.push(format!("leader of none: {}", leader(timed(c.leader("e")).await)));
+    let mut obs = observe(&c, "e");
+    out.push(observed(&mut obs).await);
+
+    let first = timed(c.campaign("e", "v1", l1)).await?;
+    out.push(format!("campaign L1: {} {}", rev(first.header()), first.leader().map_or("none".into(), leader_key)));
+    let lk1 = first.leader().cloned().ok_or("campaign returned no leader")?;
+    out.push(observed(&mut obs).await);
+    out.push(format!("leader: {}", leader(timed(c.leader("e")).await)));
+
+    let proclaim = |lk: Option<LeaderKey>| lk.map(|lk| ProclaimOptions::new().with_leader(lk));
+    let r = timed(c.proclaim("v2", proclaim(Some(lk1.clone())))).await;
+    out.push(format!("proclaim v2: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+    out.push(observed(&mut obs).await);
+
+    let mut c2 = c.clone();
+    let second = tokio::spawn(async move { timed(c2.campaign("e", "w1", l2)).await });
+    tokio::time::sleep(SETTLE).await;
+    out.push(format!("second campaign waits: {}", !second.is_finished()));
+    out.push(keys(&mut c, "e/").await);
+
+    let r = timed(c.resign(Some(ResignOptions::new().with_leader(lk1.clone())))).await;
+    out.push(format!("resign L1: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+    let second = second.await.map_err(|e| e.to_string())?;
+    let lk2 = match &second {
+        Ok(r) => {
+            out.push(format!("campaign L2: {} {}", rev(r.header()), r.leader().map_or("none".into(), leader_key)));
+            r.leader().cloned()
+        }
+        Err(e) => {
+            out.push(format!("campaign L2: {e}"));
+            None
+        }
+    };
+    out.push(observed(&mut obs).await);
+
+    let r = timed(c.proclaim("stale", proclaim(Some(lk1.clone())))).await;
+    out.push(format!("proclaim by resigned leader: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+    let r = timed(c.resign(Some(ResignOptions::new().with_leader(lk1.clone())))).await;
+    out.push(format!("resign by resigned leader: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+    let r = timed(c.proclaim("x", None)).await;
+    out.push(format!("proclaim without leader: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+    let r = timed(c.resign(None)).await;
+    out.push(format!("resign without leader: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+
+    // Campaigning again on the same lease keeps the place and proclaims the new value.
+    let again = timed(c.campaign("e", "w2", l2)).await;
+    out.push(format!(
+        "campaign L2 again: {}",
+        again.map_or_else(|e| e, |r| format!("{} {}", rev(r.header()), r.leader().map_or("none".into(), leader_key)))
+    ));
+    out.push(observed(&mut obs).await);
+
+    if let Some(lk2) = lk2 {
+        let r = timed(c.resign(Some(ResignOptions::new().with_leader(lk2)))).await;
+        out.push(format!("resign L2: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+    }
+    out.push(format!("leader after resigns: {}", leader(timed(c.leader("e")).await)));
+    let r = timed(c.campaign("e", "v3", l1)).await;
+    out.push(format!("campaign L1 again: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+    out.push(observed(&mut obs).await);
+    out.push(observed(&mut obs).await);
+    Ok(out.iter().map(|l| labels.mask(l)).collect())
+}
+
+fn compare(what: &str, candidate: ServerKind, reference: Vec<String>, other: Vec<String>) {
+    if let Some(dir) = std::env::var_os("KEEL_COMPAT_DUMP") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{what}.reference-etcd.txt")), reference.join("\n")).unwrap();
+        std::fs::write(dir.join(format!("{what}.candidate-{candidate}.txt")), other.join("\n")).unwrap();
+    }
+    for (i, (a, b)) in reference.iter().zip(&other).enumerate() {
+        assert_eq!(a, b, "{what} step {} differs (left: etcd, right: {candidate})", i + 1);
+    }
+    assert_eq!(reference.len(), other.len(), "{what}: transcripts differ in length");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_service_matches_etcd() {
+    let candidate = ServerKind::from_env_or(CANDIDATE);
+    let (reference, other) = tokio::join!(lock_transcript(ServerKind::Etcd), lock_transcript(candidate));
+    let reference = reference.unwrap_or_else(|e| panic!("reference etcd: {e}"));
+    let other = other.unwrap_or_else(|e| panic!("candidate {candidate}: {e}"));
+    compare("lock", candidate, reference, other);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_service_matches_etcd() {
+    let candidate = ServerKind::from_env_or(CANDIDATE);
+    let (reference, other) = tokio::join!(election_transcript(ServerKind::Etcd), election_transcript(candidate));
+    let reference = reference.unwrap_or_else(|e| panic!("reference etcd: {e}"));
+    let other = other.unwrap_or_else(|e| panic!("candidate {candidate}: {e}"));
+    compare("election", candidate, reference, other);
+}
+
+// ---- etcdctl lock / elect: two competing processes ---------------------------------------------
+
+/// A long-running etcdctl whose output lines are collected as they come.
+struct Etcdctl {
+    child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Etcdctl {
+    fn spawn(server: &Server, args: &[&str]) -> Result<Etcdctl, String> {
+        let mut command = tokio::process::Command::new(etcdctl_path());
+        command
+            .arg(format!("--endpoints={}", server.client_addr()))
+            .arg("--dial-timeout=3s")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCDCTL_") {
+                command.env_remove(&key);
+            }
+        }
+        let mut child = command.spawn().map_err(|e| format!("spawn etcdctl: {e}"))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for (pipe, tag) in [
+            (child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), ""),
+            (child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), "stderr: "),
+        ] {
+            let Some(pipe) = pipe else { continue };
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    lines.lock().unwrap().push(format!("{tag}{line}"));
+                }
+            });
+        }
+        Ok(Etcdctl { child, lines })
+    }
+
+    fn output(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Wait until at least `n` lines were printed (or the deadline passes).
+    async fn wait_lines(&self, n: usize) {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        while self.lines.lock().unwrap().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGINT (as Ctrl-C) to exactly this child, then its exit code.
+    async fn interrupt(&mut self) -> String {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status();
+        }
+        self.exit().await
+    }
+
+    async fn exit(&mut self) -> String {
+        match tokio::time::timeout(CALL_TIMEOUT, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                // Let the readers drain the pipes.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                format!("exit {:?}", status.code())
+            }
+            Ok(Err(e)) => format!("wait failed: {e}"),
+            Err(_) => "still running".to_string(),
+        }
+    }
+}
+
+/// Lease ids in etcdctl's output (the keys `<name>/<lease hex>`) differ between servers.
+fn mask_keys(lines: Vec<String>) -> Vec<String> {
+    let key = Regex::new(r"^(\w+)/[0-9a-f]+$").unwrap();
+    let env = Regex::new(r"(\w+)/[0-9a-f]+ rev \d+").unwrap();
+    lines
+        .iter()
+        .map(|l| env.replace_all(&key.replace_all(l, "$1/<lease>"), "$1/<lease> rev <rev>").into_owned())
+        .collect()
+}
+
+async fn etcdctl_lock_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
+    let server = Server::start(kind).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut a = Etcdctl::spawn(&server, &["lock", "L"])?;
+    a.wait_lines(1).await;
+    let mut b = Etcdctl::spawn(
+        &server,
+        &["lock", "L", "--", "sh", "-c", "echo \"B holds $ETCD_LOCK_KEY rev $ETCD_LOCK_REV\""],
+    )?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    out.push(format!("A holds: {:?}", mask_keys(a.output())));
+    out.push(format!("B waits: {:?}", mask_keys(b.output())));
+    out.push(format!("A interrupted: {}", a.interrupt().await));
+    out.push(format!("B: {}", b.exit().await));
+    out.push(format!("B printed: {:?}", mask_keys(b.output())));
+    Ok(out)
+}
+
+async fn etcdctl_elect_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
+    let server = Server::start(kind).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut observer = Etcdctl::spawn(&server, &["elect", "-l", "E"])?;
+    tokio::time::sleep(SETTLE).await;
+    let mut a = Etcdctl::spawn(&server, &["elect", "E", "alpha"])?;
+    a.wait_lines(2).await;
+    let mut b = Etcdctl::spawn(&server, &["elect", "E", "beta"])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    out.push(format!("A leads: {:?}", mask_keys(a.output())));
+    out.push(format!("B waits: {:?}", mask_keys(b.output())));
+    out.push(format!("A interrupted: {}", a.interrupt().await));
+    b.wait_lines(2).await;
+    out.push(format!("B leads: {:?}", mask_keys(b.output())));
+    out.push(format!("B interrupted: {}", b.interrupt().await));
+    tokio::time::sleep(SETTLE).await;
+    out.push(format!("observer interrupted: {}", observer.interrupt().await));
+    out.push(format!("observer saw: {:?}", mask_keys(observer.output())));
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_and_elect_match_etcd() {
+    let candidate = ServerKind::from_env_or(CANDIDATE);
+    let (reference, other) =
+        tokio::join!(etcdctl_lock_transcript(ServerKind::Etcd), etcdctl_lock_transcript(candidate));
+    let reference = reference.unwrap_or_else(|e| panic!("reference etcd: {e}"));
+    let other = other.unwrap_or_else(|e| panic!("candidate {candidate}: {e}"));
+    compare("etcdctl-lock", candidate, reference, other);
+    let (reference, other) =
+        tokio::join!(etcdctl_elect_transcript(ServerKind::Etcd), etcdctl_elect_transcript(candidate));
+    let reference = reference.unwrap_or_else(|e| panic!("reference etcd: {e}"));
+    let other = other.unwrap_or_else(|e| panic!("candidate {candidate}: {e}"));
+    compare("etcdctl-elect", candidate, reference, other);
+}
