@@ -329,35 +329,53 @@ impl Drop for Undo {
     }
 }
 
+/// A contender's place in line under `name/`.
+struct Place {
+    lease: i64,
+    prefix: Vec<u8>,
+    key: Vec<u8>,
+    /// The create revision that orders it.
+    rev: i64,
+    /// Its key as it was when this call found it already in line (same lease, earlier call).
+    existing: Option<KeyValue>,
+    /// The joining txn's response: its header, and any `reads` after the first response.
+    resp: TxnResponse,
+}
+
+/// Join the line under `name/` as etcd's Mutex and Election do: one txn creates the contender's
+/// key with `value` and the lease if absent (else reads it, keeping its place), then runs `reads`.
+async fn join(node: &Node, name: &[u8], lease: i64, value: &[u8], reads: &[RangeRequest]) -> Result<Place> {
+    let lease = session_lease(node, lease).await?;
+    let prefix = contenders(name);
+    let key = contender_key(&prefix, lease);
+    let then = |first: RequestOp| std::iter::once(first).chain(reads.iter().cloned().map(op_range)).collect();
+    let req = TxnRequest {
+        compare: vec![create_revision_is(&key, 0)],
+        success: then(op_put(&key, value, lease)),
+        failure: then(op_range(get_key(&key))),
+    };
+    let resp = txn(node, req).await?;
+    let (rev, existing) = if resp.succeeded {
+        (resp.header.unwrap_or_default().revision, None)
+    } else {
+        let mine = range_kvs(&resp, 0).first().cloned();
+        let mine = mine.ok_or_else(|| Error::Internal("contender key vanished in its txn".into()))?;
+        (mine.create_revision, Some(mine))
+    };
+    Ok(Place { lease, prefix, key, rev, existing, resp })
+}
+
 // ---- Lock ----------------------------------------------------------------------------------------
 
 /// etcd's `Mutex.Lock` on a session with `lease`: returns the header and the lock key once this
 /// contender is the oldest under `name/`.
 pub async fn lock(node: &Arc<Node>, name: &[u8], lease: i64) -> Result<(ResponseHeader, Vec<u8>)> {
-    let lease = session_lease(node, lease).await?;
-    let prefix = contenders(name);
-    let key = contender_key(&prefix, lease);
-    // Create the key if absent (reusing it if this lease already holds or waits), and read the
-    // current holder in the same txn so the uncontended case takes one round.
-    let resp = txn(
-        node,
-        TxnRequest {
-            compare: vec![create_revision_is(&key, 0)],
-            success: vec![op_put(&key, b"", lease), op_range(first_created(&prefix))],
-            failure: vec![op_range(get_key(&key)), op_range(first_created(&prefix))],
-        },
-    )
-    .await?;
-    let hdr = resp.header.unwrap_or_default();
-    let my_rev = if resp.succeeded {
-        hdr.revision
-    } else {
-        let mine = range_kvs(&resp, 0).first().ok_or_else(|| Error::Internal("lock key vanished in its txn".into()))?;
-        mine.create_revision
-    };
+    // The current holder is read in the joining txn, so the uncontended case takes one round.
+    let holder = first_created(&contenders(name));
+    let Place { prefix, key, rev: my_rev, resp, .. } = join(node, name, lease, b"", &[holder]).await?;
     match range_kvs(&resp, 1).first() {
         Some(owner) if owner.create_revision != my_rev => {}
-        _ => return Ok((hdr, key)),
+        _ => return Ok((resp.header.unwrap_or_default(), key)),
     }
     let undo = Undo::delete(node, &key);
     // A lock whose key is gone can never be taken: stop waiting at once (etcd waits on and fails
@@ -414,32 +432,15 @@ async fn proclaim_at(node: &Node, key: &[u8], rev: i64, lease: i64, value: &[u8]
 
 /// etcd's `Election.Campaign`: become the oldest contender under `name/` with `value`.
 pub async fn campaign(node: &Arc<Node>, name: &[u8], lease: i64, value: &[u8]) -> Result<(ResponseHeader, LeaderKey)> {
-    let lease = session_lease(node, lease).await?;
-    let prefix = contenders(name);
-    let key = contender_key(&prefix, lease);
-    let resp = txn(
-        node,
-        TxnRequest {
-            compare: vec![create_revision_is(&key, 0)],
-            success: vec![op_put(&key, value, lease)],
-            failure: vec![op_range(get_key(&key))],
-        },
-    )
-    .await?;
+    let Place { lease, prefix, key, rev, existing, resp } = join(node, name, lease, value, &[]).await?;
     // etcd quirk: the response header is this first txn's, even when the campaign then waited
     // or proclaimed a new value.
     let hdr = resp.header.unwrap_or_default();
-    let mut rev = hdr.revision;
-    if !resp.succeeded {
-        let mine =
-            range_kvs(&resp, 0).first().ok_or_else(|| Error::Internal("campaign key vanished in its txn".into()))?;
-        rev = mine.create_revision;
-        // Campaigning again with the same lease keeps the place in line and updates the value.
-        if mine.value != value {
-            if let Err(e) = proclaim_at(node, &key, rev, lease, value).await {
-                let _ = txn(node, resign_txn(&key, rev)).await;
-                return Err(e);
-            }
+    // Campaigning again with the same lease keeps the place in line and updates the value.
+    if existing.is_some_and(|kv| kv.value != value) {
+        if let Err(e) = proclaim_at(node, &key, rev, lease, value).await {
+            let _ = txn(node, resign_txn(&key, rev)).await;
+            return Err(e);
         }
     }
     let undo = Undo::resign(node, &key, rev);
