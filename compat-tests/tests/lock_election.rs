@@ -15,6 +15,8 @@ use compat_tests::{Server, ServerKind};
 use etcd_client::{Client, ConnectOptions, GetOptions, LeaderKey, LockOptions, ProclaimOptions, ResignOptions};
 use regex::Regex;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
 
 /// The server checked against etcd: the one line to switch (KEEL_COMPAT_CANDIDATE overrides it).
 const CANDIDATE: ServerKind = ServerKind::Keel;
@@ -64,39 +66,121 @@ async fn timed<T>(fut: impl Future<Output = Result<T, etcd_client::Error>>) -> R
     }
 }
 
-async fn connect(server: &Server) -> Result<Client, String> {
-    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3));
-    timed(Client::connect([server.endpoint()], Some(options))).await
+/// One transcript: a server, a client on it, the lease labels, and what the client saw so far.
+struct Run {
+    _server: Server,
+    c: Client,
+    labels: Labels,
+    out: Vec<String>,
 }
 
-async fn grant(c: &mut Client, ttl: i64, labels: &mut Labels, label: &str) -> Result<i64, String> {
-    let id = timed(c.lease_grant(ttl, None)).await?.id();
-    labels.add(id, label);
-    Ok(id)
-}
+impl Run {
+    async fn start(kind: ServerKind) -> Result<Run, String> {
+        let server = Server::start(kind).await.map_err(|e| e.to_string())?;
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3));
+        let c = timed(Client::connect([server.endpoint()], Some(options))).await?;
+        Ok(Run { _server: server, c, labels: Labels::default(), out: Vec::new() })
+    }
 
-/// The keys under `prefix`, as the recipes left them.
-async fn keys(c: &mut Client, prefix: &str) -> String {
-    match timed(c.get(prefix, Some(GetOptions::new().with_prefix()))).await {
-        Ok(r) => {
-            // Key order depends on the lease ids; the queue order (create revision) does not.
-            let mut kvs = r.kvs().to_vec();
-            kvs.sort_by_key(|k| k.create_revision());
-            format!("keys {prefix}: {:?}", kvs.iter().map(kv).collect::<Vec<_>>())
-        }
-        Err(e) => format!("keys {prefix}: {e}"),
+    fn note(&mut self, line: String) {
+        self.out.push(line);
+    }
+
+    /// The transcript, lease ids replaced by their labels.
+    fn finish(self) -> Vec<String> {
+        self.out.iter().map(|l| self.labels.mask(l)).collect()
+    }
+
+    async fn grant(&mut self, ttl: i64, label: &str) -> Result<i64, String> {
+        let id = timed(self.c.lease_grant(ttl, None)).await?.id();
+        self.labels.add(id, label);
+        Ok(id)
+    }
+
+    /// Lock and note the answer; the key (empty on error) is returned for Unlock.
+    async fn lock(&mut self, name: &str, lease: Option<(i64, &str)>) -> Vec<u8> {
+        let options = lease.map(|(id, _)| LockOptions::new().with_lease(id));
+        let label = lease.map_or("no lease", |(_, label)| label);
+        let (line, key) = lock_result(timed(self.c.lock(name, options)).await);
+        self.note(format!("lock {name} {label}: {line}"));
+        key
+    }
+
+    async fn unlock(&mut self, key: Vec<u8>) {
+        let r = timed(self.c.unlock(key)).await;
+        self.note(format!("unlock: {}", answer(r, |r| r.header())));
+    }
+
+    async fn revoke(&mut self, lease: i64, label: &str) {
+        let r = timed(self.c.lease_revoke(lease)).await;
+        self.note(format!("revoke {label}: {}", answer(r, |r| r.header())));
+    }
+
+    async fn resign(&mut self, what: &str, leader: Option<LeaderKey>) {
+        let r = timed(self.c.resign(leader.map(|lk| ResignOptions::new().with_leader(lk)))).await;
+        self.note(format!("{what}: {}", answer(r, |r| r.header())));
+    }
+
+    async fn proclaim(&mut self, what: &str, value: &str, leader: Option<LeaderKey>) {
+        let r = timed(self.c.proclaim(value, leader.map(|lk| ProclaimOptions::new().with_leader(lk)))).await;
+        self.note(format!("{what}: {}", answer(r, |r| r.header())));
+    }
+
+    /// Note a Campaign's answer; the leader key it won, if any.
+    fn campaigned(&mut self, what: &str, r: Result<etcd_client::CampaignResponse, String>) -> Option<LeaderKey> {
+        let line = match &r {
+            Ok(r) => format!("{} {}", rev(r.header()), r.leader().map_or("none".into(), leader_key)),
+            Err(e) => e.clone(),
+        };
+        self.note(format!("{what}: {line}"));
+        r.ok().and_then(|r| r.leader().cloned())
+    }
+
+    async fn leader(&mut self, what: &str, name: &str) {
+        let line = match timed(self.c.leader(name)).await {
+            Ok(r) => format!("{} {}", rev(r.header()), r.kv().map_or("no kv".into(), kv)),
+            Err(e) => e,
+        };
+        self.note(format!("{what}: {line}"));
+    }
+
+    /// The keys under `prefix`, as the recipes left them.
+    async fn keys(&mut self, prefix: &str) {
+        let line = match timed(self.c.get(prefix, Some(GetOptions::new().with_prefix()))).await {
+            Ok(r) => {
+                // Key order depends on the lease ids; the queue order (create revision) does not.
+                let mut kvs = r.kvs().to_vec();
+                kvs.sort_by_key(|k| k.create_revision());
+                format!("{:?}", kvs.iter().map(kv).collect::<Vec<_>>())
+            }
+            Err(e) => e,
+        };
+        self.note(format!("keys {prefix}: {line}"));
+    }
+
+    /// A Lock call left running in the background (it may wait a long time).
+    fn spawn_lock(&self, name: &str, lease: i64) -> JoinHandle<Result<etcd_client::LockResponse, String>> {
+        let mut c = self.c.clone();
+        let name = name.to_string();
+        tokio::spawn(async move { timed(c.lock(name, Some(LockOptions::new().with_lease(lease)))).await })
+    }
+
+    /// A Campaign left running in the background.
+    fn spawn_campaign(
+        &self,
+        name: &str,
+        value: &str,
+        lease: i64,
+    ) -> JoinHandle<Result<etcd_client::CampaignResponse, String>> {
+        let mut c = self.c.clone();
+        let (name, value) = (name.to_string(), value.to_string());
+        tokio::spawn(async move { timed(c.campaign(name, value, lease)).await })
     }
 }
 
-/// A Lock call left running in the background (it may wait a long time).
-fn spawn_lock(
-    c: &Client,
-    name: &str,
-    lease: i64,
-) -> tokio::task::JoinHandle<Result<etcd_client::LockResponse, String>> {
-    let mut c = c.clone();
-    let name = name.to_string();
-    tokio::spawn(async move { timed(c.lock(name, Some(LockOptions::new().with_lease(lease)))).await })
+/// An answer that carries only a header: its revision, or the error.
+fn answer<R>(r: Result<R, String>, header: impl Fn(&R) -> Option<&etcd_client::ResponseHeader>) -> String {
+    r.map_or_else(|e| e, |r| rev(header(&r)))
 }
 
 fn lock_result(r: Result<etcd_client::LockResponse, String>) -> (String, Vec<u8>) {
@@ -106,88 +190,80 @@ fn lock_result(r: Result<etcd_client::LockResponse, String>) -> (String, Vec<u8>
     }
 }
 
+async fn joined<T>(task: JoinHandle<Result<T, String>>) -> Result<T, String> {
+    task.await.map_err(|e| e.to_string())?
+}
+
 /// Lock: uncontended, contended (the second waits for the unlock), on a missing lease, released
 /// by the holder's lease expiring, a waiter cancelled by its client, a waiter whose lease is
 /// revoked, a session without a lease, the same lease twice, and Unlock of an empty key.
 async fn lock_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
-    let server = Server::start(kind).await.map_err(|e| e.to_string())?;
-    let mut c = connect(&server).await?;
-    let mut labels = Labels::default();
-    let mut out = Vec::new();
-    let l1 = grant(&mut c, 60, &mut labels, "L1").await?;
-    let l2 = grant(&mut c, 60, &mut labels, "L2").await?;
+    let mut run = Run::start(kind).await?;
+    let l1 = run.grant(60, "L1").await?;
+    let l2 = run.grant(60, "L2").await?;
 
     // Contended: the second Lock returns only after the first key is deleted.
-    let (line, k1) = lock_result(timed(c.lock("l", Some(LockOptions::new().with_lease(l1)))).await);
-    out.push(format!("lock l L1: {line}"));
-    let waiter = spawn_lock(&c, "l", l2);
+    let k1 = run.lock("l", Some((l1, "L1"))).await;
+    let waiter = run.spawn_lock("l", l2);
     tokio::time::sleep(SETTLE).await;
-    out.push(format!("second lock waits: {}", !waiter.is_finished()));
-    out.push(keys(&mut c, "l/").await);
-    out.push(format!("unlock: {}", timed(c.unlock(k1)).await.map_or_else(|e| e, |r| rev(r.header()))));
-    let (line, k2) = lock_result(waiter.await.map_err(|e| e.to_string())?);
-    out.push(format!("lock l L2 after unlock: {line}"));
-    out.push(format!("unlock: {}", timed(c.unlock(k2)).await.map_or_else(|e| e, |r| rev(r.header()))));
+    run.note(format!("second lock waits: {}", !waiter.is_finished()));
+    run.keys("l/").await;
+    run.unlock(k1).await;
+    let (line, k2) = lock_result(joined(waiter).await);
+    run.note(format!("lock l L2 after unlock: {line}"));
+    run.unlock(k2).await;
 
     // Re-entrant on one lease: the second Lock finds its key and holds at once.
-    for i in 1..=2 {
-        let (line, _) = lock_result(timed(c.lock("again", Some(LockOptions::new().with_lease(l1)))).await);
-        out.push(format!("lock again #{i}: {line}"));
-    }
+    run.lock("again", Some((l1, "L1"))).await;
+    run.lock("again", Some((l1, "L1"))).await;
 
-    let (line, _) = lock_result(timed(c.lock("nolease", Some(LockOptions::new().with_lease(0x1234)))).await);
-    out.push(format!("lock on a missing lease: {line}"));
-    out.push(format!("unlock empty key: {}", timed(c.unlock("")).await.map_or_else(|e| e, |r| rev(r.header()))));
+    run.lock("nolease", Some((0x1234, "missing"))).await;
+    run.unlock(Vec::new()).await;
 
     // A waiter whose client gives up: its key is cleaned up.
-    let (line, kc) = lock_result(timed(c.lock("c", Some(LockOptions::new().with_lease(l1)))).await);
-    out.push(format!("lock c L1: {line}"));
-    let gave_up = tokio::time::timeout(SETTLE, c.lock("c", Some(LockOptions::new().with_lease(l2)))).await;
-    out.push(format!("cancelled waiter returned: {}", gave_up.is_ok()));
+    let held = run.lock("c", Some((l1, "L1"))).await;
+    let gave_up = tokio::time::timeout(SETTLE, run.c.lock("c", Some(LockOptions::new().with_lease(l2)))).await;
+    run.note(format!("cancelled waiter returned: {}", gave_up.is_ok()));
     tokio::time::sleep(SETTLE).await;
-    out.push(keys(&mut c, "c/").await);
-    out.push(format!("unlock: {}", timed(c.unlock(kc)).await.map_or_else(|e| e, |r| rev(r.header()))));
+    run.keys("c/").await;
+    run.unlock(held).await;
 
     // A waiter whose lease is revoked while it waits fails once it would have held the lock.
-    let l3 = grant(&mut c, 60, &mut labels, "L3").await?;
-    let (line, kr) = lock_result(timed(c.lock("r", Some(LockOptions::new().with_lease(l1)))).await);
-    out.push(format!("lock r L1: {line}"));
-    let waiter = spawn_lock(&c, "r", l3);
+    let l3 = run.grant(60, "L3").await?;
+    let held = run.lock("r", Some((l1, "L1"))).await;
+    let waiter = run.spawn_lock("r", l3);
     tokio::time::sleep(SETTLE).await;
-    out.push(format!("revoke L3: {}", timed(c.lease_revoke(l3)).await.map_or_else(|e| e, |r| rev(r.header()))));
+    run.revoke(l3, "L3").await;
     tokio::time::sleep(SETTLE).await;
-    out.push(format!("unlock: {}", timed(c.unlock(kr)).await.map_or_else(|e| e, |r| rev(r.header()))));
-    let (line, _) = lock_result(waiter.await.map_err(|e| e.to_string())?);
-    out.push(format!("waiter with revoked lease: {line}"));
+    run.unlock(held).await;
+    let (line, _) = lock_result(joined(waiter).await);
+    run.note(format!("waiter with revoked lease: {line}"));
 
     // The holder's lease expires: the waiter gets the lock without any unlock.
-    let short = grant(&mut c, 2, &mut labels, "Lshort").await?;
-    let (line, _) = lock_result(timed(c.lock("x", Some(LockOptions::new().with_lease(short)))).await);
-    out.push(format!("lock x Lshort: {line}"));
+    let short = run.grant(2, "Lshort").await?;
+    run.lock("x", Some((short, "Lshort"))).await;
     let started = Instant::now();
-    let (line, kx) = lock_result(timed(c.lock("x", Some(LockOptions::new().with_lease(l2)))).await);
-    out.push(format!("lock x L2 after expiry: {line}"));
-    out.push(format!("waited for the expiry: {}", started.elapsed() >= Duration::from_secs(1)));
-    out.push(format!("unlock: {}", timed(c.unlock(kx)).await.map_or_else(|e| e, |r| rev(r.header()))));
+    let held = run.lock("x", Some((l2, "L2"))).await;
+    run.note(format!("waited for the expiry: {}", started.elapsed() >= Duration::from_secs(1)));
+    run.unlock(held).await;
 
     // No lease: the server grants the session one of 60 s (and does not keep it alive).
-    let before = timed(c.leases()).await?.leases().len();
-    let (line, _) = lock_result(timed(c.lock("z", None)).await);
-    let after = timed(c.leases()).await?.leases().to_vec();
-    let session = after.iter().map(|s| s.id()).find(|id| line.contains(&format!("z/{id:x}")));
-    if let Some(id) = session {
-        labels.add(id, "Lsession");
-        let ttl = timed(c.lease_time_to_live(id, None)).await?;
-        out.push(format!("session lease granted ttl {}", ttl.granted_ttl()));
+    let before = timed(run.c.leases()).await?.leases().len();
+    let key = String::from_utf8_lossy(&run.lock("z", None).await).into_owned();
+    let after = timed(run.c.leases()).await?.leases().to_vec();
+    run.note(format!("leases {before} -> {}", after.len()));
+    if let Some(id) = after.iter().map(|s| s.id()).find(|id| key == format!("z/{id:x}")) {
+        run.labels.add(id, "Lsession");
+        let ttl = timed(run.c.lease_time_to_live(id, None)).await?;
+        run.note(format!("session lease granted ttl {}", ttl.granted_ttl()));
     }
-    out.push(format!("lock z without lease: {line}; leases {before} -> {}", after.len()));
-    Ok(out.iter().map(|l| labels.mask(l)).collect())
+    Ok(run.finish())
 }
 
 /// Observe's messages, rendered, as they arrive. etcd (grpc-go) sends a stream's response
 /// headers only with its first message, so opening the stream itself waits for a leader; a task
 /// keeps that wait out of the transcript.
-fn observe(c: &Client, name: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+fn observe(c: &Client, name: &str) -> UnboundedReceiver<String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut c = c.clone();
     let name = name.to_string();
@@ -214,7 +290,7 @@ fn observe(c: &Client, name: &str) -> tokio::sync::mpsc::UnboundedReceiver<Strin
     rx
 }
 
-async fn observed(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+async fn observed(rx: &mut UnboundedReceiver<String>) -> String {
     match tokio::time::timeout(SETTLE * 5, rx.recv()).await {
         Ok(Some(line)) => line,
         Ok(None) => "observe: task ended".to_string(),
@@ -226,80 +302,48 @@ async fn observed(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Stri
 /// campaigner waiting for Resign, a stale leader's Proclaim and Resign, a missing leader field,
 /// campaigning again with a new value.
 async fn election_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
-    let server = Server::start(kind).await.map_err(|e| e.to_string())?;
-    let mut c = connect(&server).await?;
-    let mut labels = Labels::default();
-    let mut out = Vec::new();
-    let l1 = grant(&mut c, 60, &mut labels, "L1").await?;
-    let l2 = grant(&mut c, 60, &mut labels, "L2").await?;
+    let mut run = Run::start(kind).await?;
+    let l1 = run.grant(60, "L1").await?;
+    let l2 = run.grant(60, "L2").await?;
 
-    let leader = |r: Result<etcd_client::LeaderResponse, String>| match r {
-        Ok(r) => format!("{} {}", rev(r.header()), r.kv().map_or("no kv".into(), kv)),
-        Err(e) => e,
-    };
-    out.push(format!("leader of none: {}", leader(timed(c.leader("e")).await)));
-    let mut obs = observe(&c, "e");
-    out.push(observed(&mut obs).await);
+    run.leader("leader of none", "e").await;
+    let mut obs = observe(&run.c, "e");
+    run.note(observed(&mut obs).await);
 
-    let first = timed(c.campaign("e", "v1", l1)).await?;
-    out.push(format!("campaign L1: {} {}", rev(first.header()), first.leader().map_or("none".into(), leader_key)));
-    let lk1 = first.leader().cloned().ok_or("campaign returned no leader")?;
-    out.push(observed(&mut obs).await);
-    out.push(format!("leader: {}", leader(timed(c.leader("e")).await)));
+    let r = timed(run.c.campaign("e", "v1", l1)).await;
+    let lk1 = run.campaigned("campaign L1", r).ok_or("campaign returned no leader")?;
+    run.note(observed(&mut obs).await);
+    run.leader("leader", "e").await;
+    run.proclaim("proclaim v2", "v2", Some(lk1.clone())).await;
+    run.note(observed(&mut obs).await);
 
-    let proclaim = |lk: Option<LeaderKey>| lk.map(|lk| ProclaimOptions::new().with_leader(lk));
-    let r = timed(c.proclaim("v2", proclaim(Some(lk1.clone())))).await;
-    out.push(format!("proclaim v2: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
-    out.push(observed(&mut obs).await);
-
-    let mut c2 = c.clone();
-    let second = tokio::spawn(async move { timed(c2.campaign("e", "w1", l2)).await });
+    let second = run.spawn_campaign("e", "w1", l2);
     tokio::time::sleep(SETTLE).await;
-    out.push(format!("second campaign waits: {}", !second.is_finished()));
-    out.push(keys(&mut c, "e/").await);
+    run.note(format!("second campaign waits: {}", !second.is_finished()));
+    run.keys("e/").await;
+    run.resign("resign L1", Some(lk1.clone())).await;
+    let lk2 = run.campaigned("campaign L2", joined(second).await);
+    run.note(observed(&mut obs).await);
 
-    let r = timed(c.resign(Some(ResignOptions::new().with_leader(lk1.clone())))).await;
-    out.push(format!("resign L1: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
-    let second = second.await.map_err(|e| e.to_string())?;
-    let lk2 = match &second {
-        Ok(r) => {
-            out.push(format!("campaign L2: {} {}", rev(r.header()), r.leader().map_or("none".into(), leader_key)));
-            r.leader().cloned()
-        }
-        Err(e) => {
-            out.push(format!("campaign L2: {e}"));
-            None
-        }
-    };
-    out.push(observed(&mut obs).await);
-
-    let r = timed(c.proclaim("stale", proclaim(Some(lk1.clone())))).await;
-    out.push(format!("proclaim by resigned leader: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
-    let r = timed(c.resign(Some(ResignOptions::new().with_leader(lk1.clone())))).await;
-    out.push(format!("resign by resigned leader: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
-    let r = timed(c.proclaim("x", None)).await;
-    out.push(format!("proclaim without leader: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
-    let r = timed(c.resign(None)).await;
-    out.push(format!("resign without leader: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+    run.proclaim("proclaim by resigned leader", "stale", Some(lk1.clone())).await;
+    run.resign("resign by resigned leader", Some(lk1)).await;
+    run.proclaim("proclaim without leader", "x", None).await;
+    run.resign("resign without leader", None).await;
 
     // Campaigning again on the same lease keeps the place and proclaims the new value.
-    let again = timed(c.campaign("e", "w2", l2)).await;
-    out.push(format!(
-        "campaign L2 again: {}",
-        again.map_or_else(|e| e, |r| format!("{} {}", rev(r.header()), r.leader().map_or("none".into(), leader_key)))
-    ));
-    out.push(observed(&mut obs).await);
+    let r = timed(run.c.campaign("e", "w2", l2)).await;
+    run.campaigned("campaign L2 again", r);
+    run.note(observed(&mut obs).await);
 
     if let Some(lk2) = lk2 {
-        let r = timed(c.resign(Some(ResignOptions::new().with_leader(lk2)))).await;
-        out.push(format!("resign L2: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
+        run.resign("resign L2", Some(lk2)).await;
     }
-    out.push(format!("leader after resigns: {}", leader(timed(c.leader("e")).await)));
-    let r = timed(c.campaign("e", "v3", l1)).await;
-    out.push(format!("campaign L1 again: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
-    out.push(observed(&mut obs).await);
-    out.push(observed(&mut obs).await);
-    Ok(out.iter().map(|l| labels.mask(l)).collect())
+    run.leader("leader after resigns", "e").await;
+    let r = timed(run.c.campaign("e", "v3", l1)).await;
+    run.campaigned("campaign L1 again", r);
+    run.note(observed(&mut obs).await);
+    run.note(observed(&mut obs).await);
+    Ok(run.finish())
 }
 
 fn compare(what: &str, candidate: ServerKind, reference: Vec<String>, other: Vec<String>) {
@@ -460,41 +504,31 @@ async fn etcdctl_lock_and_elect_match_etcd() {
 /// What a waiter sees when its lease goes while it waits, and whether it heard before the holder
 /// let go.
 async fn lease_gone_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
-    let server = Server::start(kind).await.map_err(|e| e.to_string())?;
-    let mut c = connect(&server).await?;
-    let mut labels = Labels::default();
-    let mut out = Vec::new();
-    let l1 = grant(&mut c, 60, &mut labels, "L1").await?;
-    let l2 = grant(&mut c, 60, &mut labels, "L2").await?;
-    let short = grant(&mut c, 2, &mut labels, "Lshort").await?;
+    let mut run = Run::start(kind).await?;
+    let l1 = run.grant(60, "L1").await?;
+    let l2 = run.grant(60, "L2").await?;
+    let short = run.grant(2, "Lshort").await?;
 
-    let (line, held) = lock_result(timed(c.lock("w", Some(LockOptions::new().with_lease(l1)))).await);
-    out.push(format!("lock w L1: {line}"));
-    let waiter = spawn_lock(&c, "w", l2);
+    let held = run.lock("w", Some((l1, "L1"))).await;
+    let waiter = run.spawn_lock("w", l2);
     tokio::time::sleep(SETTLE).await;
-    out.push(format!("revoke L2: {}", timed(c.lease_revoke(l2)).await.map_or_else(|e| e, |r| rev(r.header()))));
+    run.revoke(l2, "L2").await;
     tokio::time::sleep(SETTLE).await;
-    out.push(format!("lock waiter ended before the unlock: {}", waiter.is_finished()));
-    out.push(format!("unlock: {}", timed(c.unlock(held)).await.map_or_else(|e| e, |r| rev(r.header()))));
-    let (line, _) = lock_result(waiter.await.map_err(|e| e.to_string())?);
-    out.push(format!("lock waiter: {line}"));
+    run.note(format!("lock waiter ended before the unlock: {}", waiter.is_finished()));
+    run.unlock(held).await;
+    let (line, _) = lock_result(joined(waiter).await);
+    run.note(format!("lock waiter: {line}"));
 
-    let first = timed(c.campaign("v", "a", l1)).await?;
-    let lk1 = first.leader().cloned().ok_or("campaign returned no leader")?;
-    let mut c2 = c.clone();
-    let second = tokio::spawn(async move { timed(c2.campaign("v", "b", short)).await });
+    let r = timed(run.c.campaign("v", "a", l1)).await;
+    let lk1 = run.campaigned("campaign L1", r).ok_or("campaign returned no leader")?;
+    let second = run.spawn_campaign("v", "b", short);
     // The short lease expires within a few seconds (etcd's minimum TTL, plus its expiry check).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    out.push(format!("campaign waiter ended before the resign: {}", second.is_finished()));
-    let r = timed(c.resign(Some(ResignOptions::new().with_leader(lk1)))).await;
-    out.push(format!("resign: {}", r.map_or_else(|e| e, |r| rev(r.header()))));
-    let second = second.await.map_err(|e| e.to_string())?;
-    out.push(format!(
-        "campaign waiter: {}",
-        second.map_or_else(|e| e, |r| format!("{} {}", rev(r.header()), r.leader().map_or("none".into(), leader_key)))
-    ));
-    out.push(keys(&mut c, "v/").await);
-    Ok(out.iter().map(|l| labels.mask(l)).collect())
+    run.note(format!("campaign waiter ended before the resign: {}", second.is_finished()));
+    run.resign("resign", Some(lk1)).await;
+    run.campaigned("campaign waiter", joined(second).await);
+    run.keys("v/").await;
+    Ok(run.finish())
 }
 
 /// Keel ends a wait as soon as the waiter's own key is gone with its lease. etcd 3.5.16 waits on
@@ -510,6 +544,7 @@ async fn keel_ends_waits_when_the_lease_goes() {
         "lock waiter ended before the unlock: true",
         "unlock: rev 5",
         "lock waiter: error Unknown: mutex: session is expired",
+        "campaign L1: rev 6 name v key v/L1 rev 6 lease L1",
         "campaign waiter ended before the resign: true",
         "resign: rev 9",
         "campaign waiter: error Unknown: etcdserver: requested lease not found",
@@ -531,6 +566,7 @@ async fn lease_gone_on_etcd() {
         "lock waiter ended before the unlock: false",
         "unlock: rev 5",
         "lock waiter: error Unknown: mutex: session is expired",
+        "campaign L1: rev 6 name v key v/L1 rev 6 lease L1",
         "campaign waiter ended before the resign: false",
         "resign: rev 9",
         "campaign waiter: rev 7 name v key v/Lshort rev 7 lease Lshort",
