@@ -574,3 +574,23 @@ async fn lease_gone_on_etcd() {
     ];
     assert_eq!(got, want);
 }
+
+/// A Lock or Campaign waiting on a member that is asked to stop must not hold the stop up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_stops_with_calls_waiting() {
+    let mut run = Run::start(ServerKind::Keel).await.unwrap();
+    let l1 = run.grant(60, "L1").await.unwrap();
+    let l2 = run.grant(60, "L2").await.unwrap();
+    run.lock("s", Some((l1, "L1"))).await;
+    let waiter = run.spawn_lock("s", l2);
+    timed(run.c.campaign("e", "a", l1)).await.unwrap();
+    let campaigner = run.spawn_campaign("e", "b", l2);
+    let mut observer = observe(&run.c, "e");
+    assert!(observed(&mut observer).await.starts_with("observe: rev"));
+    tokio::time::sleep(SETTLE).await;
+    assert!(!waiter.is_finished() && !campaigner.is_finished());
+    let started = Instant::now();
+    run._server.stop().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "stopping took {:?}", started.elapsed());
+    assert!(run._server.log_tail(5).contains("stopped"), "no clean stop: {}", run._server.log_tail(20));
+}

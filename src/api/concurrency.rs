@@ -163,6 +163,7 @@ fn range_kvs(resp: &TxnResponse, i: usize) -> &[KeyValue] {
 struct Waiter {
     handle: Arc<StreamHandle>,
     next_id: i64,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The events one watcher got in one response, and that response's header revision.
@@ -174,7 +175,7 @@ struct Seen {
 
 impl Waiter {
     fn new(node: &Node) -> Waiter {
-        Waiter { handle: Arc::new(node.applier.watch().open_stream()), next_id: 1 }
+        Waiter { handle: Arc::new(node.applier.watch().open_stream()), next_id: 1, stopping: node.stopping.subscribe() }
     }
 
     /// Watch `span` from revision `start` on; returns the watcher's id.
@@ -199,8 +200,9 @@ impl Waiter {
     }
 
     /// Wait for the next events of any watcher. A watcher whose start was compacted away ends the
-    /// wait with etcd's compacted error (what clientv3's `wr.Err()` reports).
-    async fn next(&self) -> Result<Vec<Seen>> {
+    /// wait with etcd's compacted error (what clientv3's `wr.Err()` reports); a stopping member
+    /// ends it with `Stopped`.
+    async fn next(&mut self) -> Result<Vec<Seen>> {
         loop {
             let mut seen = Vec::new();
             for item in self.handle.pop(64) {
@@ -225,7 +227,10 @@ impl Waiter {
                     .map_err(|e| Error::Internal(format!("watch catch-up: {e}")))?;
                 continue;
             }
-            self.handle.changed().await;
+            tokio::select! {
+                _ = self.handle.changed() => {}
+                _ = self.stopping.wait_for(|stopping| *stopping) => return Err(Error::Stopped),
+            }
         }
     }
 }
@@ -382,6 +387,11 @@ pub async fn lock(node: &Arc<Node>, name: &[u8], lease: i64) -> Result<(Response
     // later with the same error).
     let waited = match wait_deletes(node, &prefix, my_rev - 1, &key, my_rev + 1, &|| true).await {
         Ok(w) => w,
+        // A stopping etcd's client is closed: its cleanup fails, so the key stays (with its lease).
+        Err(Error::Stopped) => {
+            undo.disarm();
+            return Err(Error::Stopped);
+        }
         Err(e) => {
             undo.now().await;
             return Err(e);
