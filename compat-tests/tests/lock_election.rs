@@ -343,6 +343,12 @@ async fn election_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
     run.campaigned("campaign L1 again", r);
     run.note(observed(&mut obs).await);
     run.note(observed(&mut obs).await);
+
+    // A campaigner whose client gives up resigns: its key is gone.
+    let gave_up = tokio::time::timeout(SETTLE, run.c.campaign("e", "w3", l2)).await;
+    run.note(format!("cancelled campaign returned: {}", gave_up.is_ok()));
+    tokio::time::sleep(SETTLE).await;
+    run.keys("e/").await;
     Ok(run.finish())
 }
 
