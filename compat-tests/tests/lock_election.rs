@@ -344,6 +344,20 @@ async fn election_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
     run.note(observed(&mut obs).await);
     run.note(observed(&mut obs).await);
 
+    // A leader key without a lease: the server's session grants one, and the value moves to it.
+    let leases = |r: etcd_client::LeaseLeasesResponse| r.leases().iter().map(|l| l.id()).collect::<Vec<_>>();
+    let before = leases(timed(run.c.leases()).await?);
+    let r = timed(run.c.leader("e")).await?;
+    let current = r.kv().ok_or("no leader kv")?;
+    let bare = LeaderKey::new().with_name("e").with_key(current.key()).with_rev(current.create_revision());
+    run.proclaim("proclaim with lease 0", "v4", Some(bare)).await;
+    let after = leases(timed(run.c.leases()).await?);
+    run.note(format!("leases {} -> {}", before.len(), after.len()));
+    if let Some(&id) = after.iter().find(|id| !before.contains(id)) {
+        run.labels.add(id, "Lsession");
+    }
+    run.leader("leader after proclaim with lease 0", "e").await;
+
     // A campaigner whose client gives up resigns: its key is gone.
     let gave_up = tokio::time::timeout(SETTLE, run.c.campaign("e", "w3", l2)).await;
     run.note(format!("cancelled campaign returned: {}", gave_up.is_ok()));
