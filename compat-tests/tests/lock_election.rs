@@ -217,6 +217,10 @@ async fn lock_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
     run.lock("again", Some((l1, "L1"))).await;
     run.lock("again", Some((l1, "L1"))).await;
 
+    // An empty name is not refused: the key is "/<lease>".
+    let k = run.lock("", Some((l2, "L2"))).await;
+    run.unlock(k).await;
+
     run.lock("nolease", Some((0x1234, "missing"))).await;
     run.unlock(Vec::new()).await;
 
