@@ -48,6 +48,16 @@ pub enum Error {
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
 
+    // --- lock and election (etcd serves them with clientv3's concurrency recipes) ---
+    #[error("mutex: session is expired")]
+    MutexSessionExpired,
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+
     // --- server / consensus ---
     #[error("too many requests")]
     TooManyRequests,

@@ -52,6 +52,9 @@ pub struct Node {
     pub read_batcher: crate::read::ReadBatcher,
     /// The leader's lease deadlines (keep-alives, expiry).
     pub leases: Arc<LeaseClock>,
+    /// Set once the member is asked to stop: calls that may wait without end (Lock, Campaign,
+    /// Observe) end then, or the graceful stop, which waits for every call, would wait for them.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {

@@ -103,6 +103,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         db_size: Default::default(),
         read_batcher: Default::default(),
         leases,
+        stopping: tokio::sync::watch::channel(false).0,
     });
     wait_for_leader(&node, Duration::from_secs(30)).await?;
     // Lease expiry is the leader's job; the task follows leadership from here on.
@@ -123,6 +124,11 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         })
     });
     let serving_node = node.clone();
+    let stopping = node.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.stopping.send_replace(true);
+    };
     let task = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))

@@ -134,7 +134,8 @@ pub fn selected_cases() -> Vec<WatchCase> {
     all_cases().into_iter().filter(|c| crate::chosen(c.name)).collect()
 }
 
-async fn spawn(server: &Server, cmd: &Cmd) -> Result<Child, HarnessError> {
+/// Start etcdctl on `server` in the background (stdin, if any, written and kept open).
+pub async fn spawn(server: &Server, cmd: &Cmd) -> Result<Child, HarnessError> {
     let mut command = tokio::process::Command::new(etcdctl_path());
     command
         .arg(format!("--endpoints={}", server.client_addr()))

@@ -5,28 +5,17 @@
 use std::future::Future;
 use std::time::Duration;
 
+use compat_tests::client_text::{error, kv};
 use compat_tests::{Server, ServerKind};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse,
 };
 
 /// The server checked against etcd: the one line to switch (KEEL_COMPAT_CANDIDATE overrides it).
 const CANDIDATE: ServerKind = ServerKind::Keel;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn kv(k: &KeyValue) -> String {
-    format!(
-        "{}={} c{} m{} v{} l{}",
-        String::from_utf8_lossy(k.key()),
-        String::from_utf8_lossy(k.value()),
-        k.create_revision(),
-        k.mod_revision(),
-        k.version(),
-        k.lease()
-    )
-}
 
 async fn call<T, F>(what: &str, fut: F) -> String
 where
@@ -36,10 +25,7 @@ where
 {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(Ok(resp)) => format!("{what}: {}", resp.summarise()),
-        Ok(Err(etcd_client::Error::GRpcStatus(s))) => {
-            format!("{what}: error {:?}: {}", s.code(), s.message())
-        }
-        Ok(Err(e)) => format!("{what}: client error {e}"),
+        Ok(Err(e)) => format!("{what}: {}", error(&e)),
         Err(_) => format!("{what}: no reply within {CALL_TIMEOUT:?}"),
     }
 }

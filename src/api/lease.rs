@@ -45,26 +45,30 @@ async fn keep_alive_one(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, 
     Ok(LeaseKeepAliveResponse { header: Some(header), id, ttl })
 }
 
+/// LeaseGrant as etcd's server does it: the server picks the id before proposing and the lessor
+/// raises a short TTL to the minimum; both happen here so the log carries the final values. Also
+/// the lease behind a lock or election session asked for without one (`api/concurrency.rs`).
+pub async fn grant(node: &Node, mut req: LeaseGrantRequest) -> Result<LeaseGrantResponse, Error> {
+    if req.id == 0 {
+        req.id = node.leases.unused_id();
+    }
+    req.ttl = req.ttl.max(node.leases.min_ttl());
+    match propose::propose(node, Cmd::LeaseGrant(req)).await? {
+        (Applied::LeaseGrant(mut resp), _) => {
+            node.leases.grant_applied();
+            resp.header = Some(header::complete(node, resp.header));
+            Ok(resp)
+        }
+        _ => Err(Error::Internal("apply returned an unexpected response to lease grant".into())),
+    }
+}
+
 #[tonic::async_trait]
 impl Lease for LeaseService {
     type LeaseKeepAliveStream = KeepAliveStream;
 
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
-        let mut req = request.into_inner();
-        // etcd's server picks the id before proposing; the lessor raises a short TTL to the
-        // minimum. Both happen here so the log carries the final values.
-        if req.id == 0 {
-            req.id = self.node.leases.unused_id();
-        }
-        req.ttl = req.ttl.max(self.node.leases.min_ttl());
-        match propose::propose(&self.node, Cmd::LeaseGrant(req)).await.map_err(to_status)? {
-            (Applied::LeaseGrant(mut resp), _) => {
-                self.node.leases.grant_applied();
-                resp.header = Some(header::complete(&self.node, resp.header));
-                Ok(Response::new(resp))
-            }
-            _ => Err(unexpected("lease grant")),
-        }
+        grant(&self.node, request.into_inner()).await.map(Response::new).map_err(to_status)
     }
 
     async fn lease_revoke(

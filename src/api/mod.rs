@@ -2,10 +2,13 @@
 //! and map errors (through `status.rs`).
 
 pub mod cluster;
+pub mod concurrency;
+pub mod election;
 pub mod header;
 pub mod health;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod pending;
 pub mod status;
@@ -40,7 +43,7 @@ pub fn routes(node: Arc<Node>, max_recv: usize) -> Routes {
         .add_service(limited!(ClusterServer::new(cluster::ClusterService::new(node.clone()))))
         .add_service(limited!(MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))))
         .add_service(limited!(AuthServer::new(pending::PendingAuth)))
-        .add_service(limited!(LockServer::new(pending::PendingLock)))
-        .add_service(limited!(ElectionServer::new(pending::PendingElection)))
+        .add_service(limited!(LockServer::new(lock::LockService::new(node.clone()))))
+        .add_service(limited!(ElectionServer::new(election::ElectionService::new(node.clone()))))
         .add_service(HealthServer::new(health::HealthService))
 }

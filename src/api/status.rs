@@ -32,6 +32,11 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
         // Never a call status in etcd: watch answers carry the text as `cancel_reason`.
         Error::WatcherRangeEmpty => (Code::InvalidArgument, "mvcc: watcher range is empty"),
         Error::DuplicateWatchId => (Code::InvalidArgument, "mvcc: duplicate watch ID provided on the WatchStream"),
+        // Plain Go errors of etcd's lock and election servers: grpc-go sends them as Unknown.
+        Error::MutexSessionExpired => (Code::Unknown, "mutex: session is expired"),
+        Error::ElectionNotLeader => (Code::Unknown, "election: not leader"),
+        Error::ElectionNoLeader => (Code::Unknown, "election: no leader"),
+        Error::MissingLeaderKey => (Code::Unknown, "\"leader\" field must be provided"),
         // etcd returns errors it has no mapping for as Unknown with their own text.
         Error::Storage(_) | Error::Io(_) | Error::Internal(_) => return (Code::Unknown, e.to_string()),
     };
@@ -48,6 +53,14 @@ pub fn to_status(e: Error) -> Status {
     Status::new(code, msg)
 }
 
+/// The status of a Lock or Election call that failed. etcd serves those services through its own
+/// clientv3 client, which turns every etcd status it receives into a plain error carrying the same
+/// text (`rpctypes.EtcdError`); grpc-go sends a plain error as Unknown. So a lock on a missing lease
+/// fails with Unknown `etcdserver: requested lease not found`, not the NotFound that Put gives.
+pub fn to_recipe_status(e: Error) -> Status {
+    Status::new(Code::Unknown, code_and_message(&e).1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +74,10 @@ mod tests {
         assert_eq!(cancel_reason(&Error::DuplicateWatchId), "mvcc: duplicate watch ID provided on the WatchStream");
         let s = to_status(Error::EmptyKey);
         assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
+        let s = to_recipe_status(Error::LeaseNotFound);
+        assert_eq!((s.code(), s.message()), (Code::Unknown, "etcdserver: requested lease not found"));
+        let s = to_recipe_status(Error::MissingLeaderKey);
+        assert_eq!((s.code(), s.message()), (Code::Unknown, "\"leader\" field must be provided"));
     }
 }
 
