@@ -516,3 +516,32 @@ async fn a_stalled_client_catches_up_exactly_once() {
         responses.len()
     );
 }
+
+/// A member asked to stop (SIGTERM) with watch streams open must not wait for the clients to hang
+/// up: Keel ends each stream with etcd's `etcdserver: server stopped` (Unavailable), so clients move
+/// on to another member. etcd's own graceful stop closes its streams as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_open_watch_streams() {
+    for kind in [ServerKind::Etcd, ServerKind::Keel] {
+        let mut server = Server::start(kind).await.unwrap();
+        let conn = WatchConn::open(&server, false).await.unwrap();
+        conn.create(WatchCreateRequest { key: b"a".to_vec(), ..Default::default() }).await;
+        assert!(conn.wait_for(Duration::from_secs(10), |rs| rs.iter().any(|r| r.created)).await);
+        let started = std::time::Instant::now();
+        server.stop().await.unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "{kind}: a graceful stop with an open watch took {took:?}");
+        for _ in 0..100 {
+            if conn.ended().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ended = conn.ended().unwrap_or_default();
+        eprintln!("{kind}: stopped in {took:?}, watch stream ended with: {ended}");
+        assert!(!ended.is_empty(), "{kind}: the stream must end when the member stops");
+        if kind == ServerKind::Keel {
+            assert!(ended.contains("etcdserver: server stopped"), "{ended}");
+        }
+    }
+}

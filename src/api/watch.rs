@@ -166,6 +166,7 @@ impl Pump {
         let mut leader_check = interval_at(Instant::now() + election, election);
         leader_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut leader = LeaderWatch::default();
+        let mut stopping = self.node.stopping.subscribe();
         loop {
             let items = self.handle.pop(POP_BATCH);
             if !items.is_empty() {
@@ -201,6 +202,15 @@ impl Pump {
                     }
                 }
                 _ = self.tx.closed() => return,
+                // A graceful stop waits for open streams; end ours as a stopping etcd's do
+                // (Unavailable, `etcdserver: server stopped`) so clients move to another member.
+                _ = stopping.changed() => {
+                    let stop = *stopping.borrow_and_update();
+                    if stop {
+                        let _ = self.tx.send(Err(to_status(Error::Stopped))).await;
+                        return;
+                    }
+                }
             }
         }
     }
