@@ -5,8 +5,12 @@
 pub mod diff;
 pub mod etcdctl;
 pub mod etcdctl_watch;
+pub mod history;
 pub mod lease_ids;
 pub mod lease_scenarios;
+pub mod linz_cluster;
+pub mod porcupine;
+pub mod proxy;
 pub mod runner;
 pub mod scenario;
 pub mod scenarios;

@@ -104,9 +104,26 @@ pub fn keel_bin() -> PathBuf {
     }
 }
 
+/// Sends signal `name` (`TERM`, `STOP`, `CONT`, ...) to exactly process `pid`. std can only send
+/// SIGKILL; the shell's builtin `kill` sends any signal to one pid.
+pub fn send_signal(pid: u32, name: &str) -> Result<(), HarnessError> {
+    let status = Command::new("sh")
+        .args(["-c", "kill -s \"$1\" \"$2\"", "sh", name, &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| HarnessError::io(format!("sending SIG{name} to pid {pid}"), e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(HarnessError::Other(format!("kill -s {name} {pid} failed: {status}")))
+    }
+}
+
 /// Asks the kernel for a free loopback port. The listener is closed before the server binds it, so
 /// another process could take it meanwhile; [`Server::start`] retries with new ports if that happens.
-fn free_port() -> Result<u16, HarnessError> {
+pub fn free_port() -> Result<u16, HarnessError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("binding port 0", e))?;
     let port = listener.local_addr().map_err(|e| HarnessError::io("reading a bound port", e))?.port();
     Ok(port)
@@ -123,7 +140,7 @@ fn free_port_pair() -> Result<(u16, u16), HarnessError> {
 }
 
 /// Last `lines` lines of a file, for error messages; never fails.
-fn file_tail(path: &Path, lines: usize) -> String {
+pub fn file_tail(path: &Path, lines: usize) -> String {
     const MAX_BYTES: u64 = 64 * 1024;
     let mut text = String::new();
     if let Ok(mut file) = File::open(path) {
@@ -367,13 +384,7 @@ impl Server {
             return Ok(());
         };
         let pid = child.id();
-        // std can only send SIGKILL; the shell's builtin `kill` sends SIGTERM to exactly this pid.
-        let _ = Command::new("sh")
-            .args(["-c", "kill -TERM \"$1\"", "sh", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = send_signal(pid, "TERM");
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match child.try_wait() {
