@@ -1,0 +1,355 @@
+//! One linearizability run, as etcd's robustness tests do it: start a cluster, run recorded KV
+//! traffic and a watcher per member while injecting faults, heal, then validate offline — the
+//! history against the etcd model (after filling in unknown outcomes from the watch ground truth),
+//! no acknowledged write lost, no write nobody made, watch guarantees, and every member's final
+//! state equal to the ground truth at its revision.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use keel::proto::etcdserverpb::kv_client::KvClient;
+use keel::proto::etcdserverpb::RangeRequest;
+
+use crate::history::{operations, run_client, EtcdModel, Kv, PerKeyModel, Record, Request, Response, Traffic, PREFIX};
+use crate::linz_cluster::Cluster;
+use crate::linz_watch::{Truth, Watcher};
+use crate::porcupine::{check, CheckResult, NEVER};
+use crate::proxy::LinkMode;
+use crate::server::{HarnessError, ServerKind};
+use crate::watch_client::{prefix_end, Rng};
+
+/// The fault a run injects, repeatedly, while traffic runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// SIGKILL the leader, restart it a little later.
+    KillLeader,
+    /// SIGSTOP a member (alternately the leader and a follower) longer than an election, then SIGCONT.
+    PauseMember,
+    /// Blackhole all peer traffic of the leader, then heal.
+    PartitionLeader,
+    /// A random mix of the above plus peer delay (for the soak).
+    Mixed,
+}
+
+/// Which implementation, how many members, how long, which fault.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub kind: ServerKind,
+    pub size: usize,
+    pub duration: Duration,
+    pub fault: Fault,
+    pub traffic: Traffic,
+    pub seed: u64,
+}
+
+/// What a run found. `violations` empty means it passed.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub ops: usize,
+    pub unknown: usize,
+    pub unknown_resolved: usize,
+    pub faults: Vec<String>,
+    pub violations: Vec<String>,
+    pub final_rev: i64,
+    pub check_time: Duration,
+    pub watch_resumes: usize,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} ops ({} unknown, {} resolved from the watch log), final revision {}, checked in {:?}, {} watch resumes",
+            self.ops, self.unknown, self.unknown_resolved, self.final_rev, self.check_time, self.watch_resumes
+        )?;
+        writeln!(f, "faults: {}", self.faults.join("; "))?;
+        for v in self.violations.iter().take(20) {
+            writeln!(f, "VIOLATION: {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one scenario end to end.
+pub async fn run(cfg: &RunConfig) -> Result<Report, HarnessError> {
+    let mut cluster = Cluster::start(cfg.kind, cfg.size).await?;
+    let mut report = Report::default();
+    let watchers: Vec<Watcher> = (0..cfg.size).map(|i| Watcher::start(i, cluster.endpoint(i))).collect();
+
+    let start = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let clients: Vec<_> = (0..cfg.traffic.clients)
+        .map(|c| {
+            let member = c % cfg.size;
+            tokio::spawn(run_client(
+                c,
+                member,
+                cluster.endpoint(member),
+                cfg.traffic.clone(),
+                cfg.seed,
+                start,
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+
+    inject(&mut cluster, cfg, start, &mut report).await?;
+    let _ = stop_tx.send(true);
+    let mut records: Vec<Record> = Vec::new();
+    for c in clients {
+        records.extend(c.await.map_err(|e| HarnessError::Other(format!("client task: {e}")))?);
+    }
+    heal(&mut cluster).await?;
+
+    // Final state: every member's linearizable view of the prefix, then the watchers catch up to it.
+    let mut finals = Vec::new();
+    for i in 0..cfg.size {
+        finals.push(final_range(&cluster.endpoint(i)).await?);
+    }
+    report.final_rev = finals.iter().map(|(rev, _)| *rev).max().unwrap_or(1);
+    for w in &watchers {
+        if !w.wait_for(report.final_rev, Duration::from_secs(15)).await {
+            report.violations.push(format!(
+                "watcher on m{} reached only revision {} of {}",
+                w.member,
+                w.last_rev(),
+                report.final_rev
+            ));
+        }
+    }
+    let truth = Truth::establish(&watchers, report.final_rev, &mut report.violations);
+    report.watch_resumes = watchers.iter().map(Watcher::resumes).sum();
+    for (i, (rev, state)) in finals.iter().enumerate() {
+        if *state != truth.state_at(*rev) {
+            report.violations.push(format!("m{i}: final state at revision {rev} differs from the watch log"));
+        }
+    }
+
+    report.ops = records.len();
+    report.unknown = records.iter().filter(|r| r.response == Response::Unknown).count();
+    check_writes(&records, &truth, &mut report.violations);
+    let patched = patch(&records, &truth, &mut report.unknown_resolved);
+    let ops = operations(&patched);
+    let t = Instant::now();
+    for (name, result) in [
+        ("global", check(&EtcdModel, &ops, Duration::from_secs(60))),
+        ("per-key", check(&PerKeyModel, &ops, Duration::from_secs(30))),
+    ] {
+        match result {
+            CheckResult::Ok => {}
+            CheckResult::Unknown => report.violations.push(format!("{name} model: checker ran out of time")),
+            CheckResult::Illegal { linearized, stuck, states, .. } => report.violations.push(format!(
+                "{name} model: not linearizable; after {} ops (last {:?}) state {states}; none of these fits: {:#?}",
+                linearized.len(),
+                linearized.last().map(|&i| &patched[i]),
+                stuck.iter().map(|&i| &patched[i]).collect::<Vec<_>>()
+            )),
+        }
+    }
+    report.check_time = t.elapsed();
+
+    if !report.violations.is_empty() {
+        if let Some(dir) = cluster.keep_dir() {
+            let dump: String = records.iter().map(|r| format!("{r:?}\n")).collect();
+            let _ = std::fs::write(dir.join("history.txt"), dump);
+            let truth_dump: String = truth.events.iter().map(|e| format!("{e:?}\n")).collect();
+            let _ = std::fs::write(dir.join("watch-truth.txt"), truth_dump);
+            report.violations.push(format!("history, watch log and member logs kept in {}", dir.display()));
+        }
+    }
+    Ok(report)
+}
+
+/// Injects `cfg.fault` until `cfg.duration` has passed since `start`, logging each step.
+async fn inject(
+    cluster: &mut Cluster,
+    cfg: &RunConfig,
+    start: Instant,
+    report: &mut Report,
+) -> Result<(), HarnessError> {
+    let mut rng = Rng::new(cfg.seed);
+    let mut round = 0usize;
+    let time_left = |extra: Duration| start.elapsed() + extra < cfg.duration;
+    // Settle first, so some traffic precedes every fault.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while time_left(Duration::from_secs(4)) && cfg.fault != Fault::None {
+        round += 1;
+        let fault = match cfg.fault {
+            Fault::Mixed => {
+                [Fault::KillLeader, Fault::PauseMember, Fault::PartitionLeader, Fault::Mixed][rng.below(4) as usize]
+            }
+            f => f,
+        };
+        let leader = cluster.leader().await;
+        let at = start.elapsed();
+        let Some(leader) = leader else {
+            report.faults.push(format!("{at:.1?}: no leader found"));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        match fault {
+            Fault::KillLeader => {
+                cluster.kill(leader)?;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                cluster.restart(leader).await?;
+                report.faults.push(format!("{at:.1?}: killed leader m{leader}, restarted"));
+            }
+            Fault::PauseMember => {
+                // Alternate between the leader and a follower.
+                let victim = if round % 2 == 1 { leader } else { (leader + 1) % cluster.size() };
+                cluster.pause(victim)?;
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                cluster.resume(victim)?;
+                report.faults.push(format!("{at:.1?}: paused m{victim} (leader m{leader}) 2.5 s"));
+            }
+            Fault::PartitionLeader => {
+                cluster.net().isolate(leader);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                cluster.net().heal();
+                report.faults.push(format!("{at:.1?}: isolated leader m{leader} 3 s, healed"));
+            }
+            Fault::Mixed | Fault::None => {
+                let victim = rng.below(cluster.size() as u64) as usize;
+                cluster.net().set(victim, LinkMode::Delay(Duration::from_millis(50 + rng.below(100))));
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                cluster.net().heal();
+                report.faults.push(format!("{at:.1?}: delayed peer traffic of m{victim} 3 s"));
+            }
+        }
+        // Let the cluster recover before the next fault.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let left = cfg.duration.saturating_sub(start.elapsed());
+    tokio::time::sleep(left).await;
+    Ok(())
+}
+
+/// Undoes every fault: heals the network, resumes paused and restarts killed members.
+async fn heal(cluster: &mut Cluster) -> Result<(), HarnessError> {
+    cluster.net().heal();
+    for i in 0..cluster.size() {
+        if cluster.pid(i).is_some() {
+            // SIGCONT is harmless on a running process; it ends any pause.
+            let _ = cluster.resume(i);
+        } else {
+            cluster.restart(i).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A linearizable Range over the traffic prefix: (header revision, keyspace), retried for a while
+/// (a member may still be catching up after a fault).
+async fn final_range(endpoint: &str) -> Result<(i64, std::collections::BTreeMap<String, Kv>), HarnessError> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let mut kv = KvClient::new(crate::history::lazy_channel(endpoint));
+        let req = RangeRequest {
+            key: PREFIX.as_bytes().to_vec(),
+            range_end: prefix_end(PREFIX.as_bytes()),
+            ..Default::default()
+        };
+        match tokio::time::timeout(Duration::from_secs(2), kv.range(req)).await {
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                let state = resp
+                    .kvs
+                    .iter()
+                    .map(|kv| {
+                        let key = String::from_utf8_lossy(&kv.key).into_owned();
+                        (key, Kv { value: String::from_utf8_lossy(&kv.value).into_owned(), mod_rev: kv.mod_revision })
+                    })
+                    .collect();
+                return Ok((resp.header.map(|h| h.revision).unwrap_or(0), state));
+            }
+            Ok(Err(s)) => last = format!("{:?}: {}", s.code(), s.message()),
+            Err(_) => last = "timed out".to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(HarnessError::Other(format!("final read on {endpoint} failed: {last}")))
+}
+
+/// No acknowledged write lost (each appears in the watch log at its revision) and no write in the
+/// log that no client made.
+pub fn check_writes(records: &[Record], truth: &Truth, violations: &mut Vec<String>) {
+    let by_rev: HashMap<i64, &crate::linz_watch::Event> = truth.events.iter().map(|e| (e.rev, e)).collect();
+    let mut written: HashMap<&str, &Request> = HashMap::new();
+    let mut deleters: HashMap<&str, usize> = HashMap::new();
+    for r in records {
+        if let Some(v) = r.request.written_value() {
+            written.insert(v, &r.request);
+        }
+        if let Request::Delete { key } = &r.request {
+            *deleters.entry(key).or_default() += 1;
+        }
+        let expected = match (&r.request, &r.response) {
+            (Request::Put { key, value }, Response::Put { rev })
+            | (Request::Txn { key, value, .. }, Response::Txn { rev, succeeded: true, .. }) => {
+                Some((*rev, key, Some(value.clone())))
+            }
+            (Request::Delete { key }, Response::Delete { rev, deleted: 1 }) => Some((*rev, key, None)),
+            _ => None,
+        };
+        if let Some((rev, key, value)) = expected {
+            match by_rev.get(&rev) {
+                Some(e) if &e.key == key && e.value == value => {}
+                other => violations.push(format!(
+                    "acknowledged write lost: {:?} -> {:?} but the log has {other:?} at revision {rev}",
+                    r.request, r.response
+                )),
+            }
+        }
+    }
+    for e in &truth.events {
+        let made = match &e.value {
+            Some(v) => written.get(v.as_str()).is_some_and(|req| req.key() == e.key),
+            None => deleters.contains_key(e.key.as_str()),
+        };
+        if !made {
+            violations.push(format!("the log has a write no client made: {e:?}"));
+        }
+    }
+}
+
+/// Fills in unknown outcomes from the ground truth, as etcd's robustness tests patch histories:
+/// unknown reads are dropped; an unknown Put/Txn whose unique value was applied gets its revision,
+/// and a return time no later than the first response that already observed that revision; one
+/// whose value never appeared had no effect and is dropped. Unknown deletes stay unknown.
+pub fn patch(records: &[Record], truth: &Truth, resolved: &mut usize) -> Vec<Record> {
+    let applied = truth.put_index();
+    // Earliest return among known responses reporting each revision or later.
+    let mut known: Vec<(i64, u64)> = records.iter().filter_map(|r| r.response.rev().map(|rev| (rev, r.ret))).collect();
+    known.sort();
+    let mut suffix_min = vec![NEVER; known.len() + 1];
+    for i in (0..known.len()).rev() {
+        suffix_min[i] = suffix_min[i + 1].min(known[i].1);
+    }
+    let bound = |rev: i64| suffix_min[known.partition_point(|(r, _)| *r < rev)];
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        if r.response != Response::Unknown {
+            out.push(r.clone());
+            continue;
+        }
+        let response = match (&r.request, r.request.written_value().and_then(|v| applied.get(v))) {
+            (Request::Get { .. }, _) => continue,
+            (Request::Delete { .. }, _) => {
+                out.push(r.clone());
+                continue;
+            }
+            (_, None) => {
+                *resolved += 1;
+                continue;
+            }
+            (Request::Put { .. }, Some((rev, _))) => Response::Put { rev: *rev },
+            (_, Some((rev, _))) => Response::Txn { rev: *rev, succeeded: true, kv: None },
+        };
+        *resolved += 1;
+        let rev = response.rev().unwrap_or(0);
+        out.push(Record { response, ret: bound(rev).max(r.call), ..r.clone() });
+    }
+    out
+}
