@@ -131,11 +131,20 @@ pub struct Traffic {
     pub pace: Duration,
     /// After this long without a response the outcome is unknown.
     pub op_timeout: Duration,
+    /// Reads are serializable (served from the member's local state, which etcd allows to be stale):
+    /// deliberately not linearizable, to prove the checks catch stale reads on a real cluster.
+    pub stale_reads: bool,
 }
 
 impl Default for Traffic {
     fn default() -> Self {
-        Traffic { clients: 6, keys: 8, pace: Duration::from_millis(15), op_timeout: Duration::from_millis(1500) }
+        Traffic {
+            clients: 6,
+            keys: 8,
+            pace: Duration::from_millis(15),
+            op_timeout: Duration::from_millis(1500),
+            stale_reads: false,
+        }
     }
 }
 
@@ -184,7 +193,7 @@ pub async fn run_client(
             Request::Delete { key }
         };
         let call = start.elapsed().as_nanos() as u64;
-        let outcome = tokio::time::timeout(traffic.op_timeout, execute(&mut kv, &request)).await;
+        let outcome = tokio::time::timeout(traffic.op_timeout, execute(&mut kv, &request, traffic.stale_reads)).await;
         let (response, ret, error) = match outcome {
             Ok(Ok(response)) => (response, start.elapsed().as_nanos() as u64, None),
             Ok(Err(status)) => (Response::Unknown, NEVER, Some(format!("{:?}: {}", status.code(), status.message()))),
@@ -225,12 +234,12 @@ fn first_kv(range: &RangeResponse) -> Option<Kv> {
 }
 
 /// Sends one request as etcd clients do and decodes what the model needs from the answer.
-async fn execute(kv: &mut KvClient<Channel>, request: &Request) -> Result<Response, tonic::Status> {
+async fn execute(kv: &mut KvClient<Channel>, request: &Request, serializable: bool) -> Result<Response, tonic::Status> {
     let header_rev = |h: Option<keel::proto::etcdserverpb::ResponseHeader>| h.map(|h| h.revision).unwrap_or(-1);
     Ok(match request {
         Request::Get { key } => {
-            let resp =
-                kv.range(RangeRequest { key: key.clone().into_bytes(), ..Default::default() }).await?.into_inner();
+            let range = RangeRequest { key: key.clone().into_bytes(), serializable, ..Default::default() };
+            let resp = kv.range(range).await?.into_inner();
             Response::Get { kv: first_kv(&resp), rev: header_rev(resp.header) }
         }
         Request::Put { key, value } => {

@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub fault: Fault,
     pub traffic: Traffic,
     pub seed: u64,
+    /// Keep the cluster directory (member logs, history, watch log) when violations are found.
+    pub keep_failures: bool,
 }
 
 /// What a run found. `violations` empty means it passed.
@@ -54,14 +56,24 @@ pub struct Report {
     pub final_rev: i64,
     pub check_time: Duration,
     pub watch_resumes: usize,
+    /// Peer connections through the proxies: (accepted, traced to the dialling member).
+    pub peer_connections: (usize, usize),
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} ops ({} unknown, {} resolved from the watch log), final revision {}, checked in {:?}, {} watch resumes",
-            self.ops, self.unknown, self.unknown_resolved, self.final_rev, self.check_time, self.watch_resumes
+            "{} ops ({} unknown, {} resolved from the watch log), final revision {}, checked in {:?}, {} watch \
+             resumes, peer connections {} ({} traced to their dialler)",
+            self.ops,
+            self.unknown,
+            self.unknown_resolved,
+            self.final_rev,
+            self.check_time,
+            self.watch_resumes,
+            self.peer_connections.0,
+            self.peer_connections.1
         )?;
         writeln!(f, "faults: {}", self.faults.join("; "))?;
         for v in self.violations.iter().take(20) {
@@ -120,6 +132,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, HarnessError> {
     }
     let truth = Truth::establish(&watchers, report.final_rev, &mut report.violations);
     report.watch_resumes = watchers.iter().map(Watcher::resumes).sum();
+    report.peer_connections = cluster.net().accepted();
     for (i, (rev, state)) in finals.iter().enumerate() {
         if *state != truth.state_at(*rev) {
             report.violations.push(format!("m{i}: final state at revision {rev} differs from the watch log"));
@@ -149,7 +162,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, HarnessError> {
     }
     report.check_time = t.elapsed();
 
-    if !report.violations.is_empty() {
+    if !report.violations.is_empty() && cfg.keep_failures {
         if let Some(dir) = cluster.keep_dir() {
             let dump: String = records.iter().map(|r| format!("{r:?}\n")).collect();
             let _ = std::fs::write(dir.join("history.txt"), dump);
@@ -205,7 +218,14 @@ async fn inject(
             }
             Fault::PartitionLeader => {
                 cluster.net().isolate(leader);
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                // Proof the partition is real: a minority member cannot confirm a linearizable read.
+                if linearizable_read_ok(&cluster.endpoint(leader)).await {
+                    report
+                        .violations
+                        .push(format!("partition ineffective: isolated m{leader} served a linearizable read"));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 cluster.net().heal();
                 report.faults.push(format!("{at:.1?}: isolated leader m{leader} 3 s, healed"));
             }
@@ -223,6 +243,13 @@ async fn inject(
     let left = cfg.duration.saturating_sub(start.elapsed());
     tokio::time::sleep(left).await;
     Ok(())
+}
+
+/// Whether `endpoint` answers a linearizable Range within 700 ms.
+async fn linearizable_read_ok(endpoint: &str) -> bool {
+    let mut kv = KvClient::new(crate::history::lazy_channel(endpoint));
+    let req = RangeRequest { key: PREFIX.as_bytes().to_vec(), ..Default::default() };
+    matches!(tokio::time::timeout(Duration::from_millis(700), kv.range(req)).await, Ok(Ok(_)))
 }
 
 /// Undoes every fault: heals the network, resumes paused and restarts killed members.

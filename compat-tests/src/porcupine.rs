@@ -147,7 +147,7 @@ fn check_partition<M: Model>(
 
     while next[0] != NONE {
         steps += 1;
-        if steps % 4096 == 0 && Instant::now() > deadline {
+        if steps.is_multiple_of(4096) && Instant::now() > deadline {
             return Search::Timeout;
         }
         if entry != NONE && is_call(entry) {
@@ -186,7 +186,7 @@ fn check_partition<M: Model>(
         } else {
             // A return (or the end) reached: some operation that had to be linearized by now was not.
             let Some((call, before)) = calls.pop() else {
-                return illegal(model, ops, group, &next, &longest, &states);
+                return illegal(model, ops, group, &longest);
             };
             let k = op_of(call);
             linearized[k / 64] &= !(1 << (k % 64));
@@ -206,14 +206,7 @@ fn check_partition<M: Model>(
 
 /// Builds the report for a failed search: replays the longest linearization found and lists the
 /// calls that were pending at its end.
-fn illegal<M: Model>(
-    model: &M,
-    ops: &[Operation<M::Input, M::Output>],
-    group: &[usize],
-    _next: &[usize],
-    longest: &[usize],
-    _states: &[M::State],
-) -> Search {
+fn illegal<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], group: &[usize], longest: &[usize]) -> Search {
     let mut states = vec![model.init()];
     for &k in longest {
         let op = &ops[group[k]];

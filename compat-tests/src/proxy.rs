@@ -52,13 +52,21 @@ pub struct PeerNetwork {
     pids: Arc<Mutex<Vec<Option<u32>>>>,
     proxies: Vec<JoinHandle<()>>,
     addrs: Vec<SocketAddr>,
+    /// Connections accepted, and how many of them were traced to the member that dialled.
+    accepted: Arc<Mutex<(usize, usize)>>,
 }
 
 impl PeerNetwork {
     /// A network for `members` members, all passing traffic, with no proxies yet.
     pub fn new(members: usize) -> PeerNetwork {
         let (modes, _) = watch::channel(vec![LinkMode::Pass; members]);
-        PeerNetwork { modes, pids: Arc::new(Mutex::new(vec![None; members])), proxies: Vec::new(), addrs: Vec::new() }
+        PeerNetwork {
+            modes,
+            pids: Arc::new(Mutex::new(vec![None; members])),
+            proxies: Vec::new(),
+            addrs: Vec::new(),
+            accepted: Arc::new(Mutex::new((0, 0))),
+        }
     }
 
     /// Starts the proxy for the next member (in index order), forwarding to `target`; returns the
@@ -70,7 +78,8 @@ impl PeerNetwork {
         let addr = listener.local_addr().map_err(|e| HarnessError::io("reading a proxy address", e))?;
         let modes = self.modes.subscribe();
         let pids = self.pids.clone();
-        self.proxies.push(tokio::spawn(accept_loop(listener, member, target, modes, pids)));
+        let accepted = self.accepted.clone();
+        self.proxies.push(tokio::spawn(accept_loop(listener, member, target, modes, pids, accepted)));
         self.addrs.push(addr);
         Ok(addr)
     }
@@ -78,6 +87,12 @@ impl PeerNetwork {
     /// Address of member `i`'s proxy.
     pub fn proxy_addr(&self, i: usize) -> SocketAddr {
         self.addrs[i]
+    }
+
+    /// (connections accepted, connections traced to the member that dialled them): a full partition
+    /// needs the second to cover the member-to-member connections.
+    pub fn accepted(&self) -> (usize, usize) {
+        *self.accepted.lock().expect("connection counts")
     }
 
     /// Records the pid of member `i` (after every (re)start) so its outgoing connections are known.
@@ -115,6 +130,7 @@ async fn accept_loop(
     target: SocketAddr,
     modes: watch::Receiver<Vec<LinkMode>>,
     pids: Arc<Mutex<Vec<Option<u32>>>>,
+    accepted: Arc<Mutex<(usize, usize)>>,
 ) {
     // A JoinSet aborts its tasks when dropped, so aborting the proxy ends all its connections too.
     let mut conns = tokio::task::JoinSet::new();
@@ -122,6 +138,11 @@ async fn accept_loop(
         let Ok((inbound, from)) = listener.accept().await else { continue };
         let known: Vec<Option<u32>> = pids.lock().expect("pid table").clone();
         let client = member_owning_port(from.port(), &known);
+        {
+            let mut counts = accepted.lock().expect("connection counts");
+            counts.0 += 1;
+            counts.1 += usize::from(client.is_some());
+        }
         let modes = modes.clone();
         while conns.try_join_next().is_some() {}
         conns.spawn(async move {
