@@ -130,7 +130,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, HarnessError> {
             ));
         }
     }
-    let truth = Truth::establish(&watchers, report.final_rev, &mut report.violations);
+    let logs: Vec<_> = watchers.iter().map(Watcher::log).collect();
+    let truth = Truth::establish(&logs, report.final_rev, &mut report.violations);
     report.watch_resumes = watchers.iter().map(Watcher::resumes).sum();
     report.peer_connections = cluster.net().accepted();
     for (i, (rev, state)) in finals.iter().enumerate() {
@@ -379,4 +380,61 @@ pub fn patch(records: &[Record], truth: &Truth, resolved: &mut usize) -> Vec<Rec
         out.push(Record { response, ret: bound(rev).max(r.call), ..r.clone() });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linz_watch::Event;
+
+    fn record(request: Request, response: Response, call: u64, ret: u64) -> Record {
+        Record { client: 0, member: 0, request, response, call, ret, error: None }
+    }
+    fn put_req(key: &str, value: &str) -> Request {
+        Request::Put { key: key.into(), value: value.into() }
+    }
+    fn truth(events: Vec<(i64, &str, Option<&str>)>) -> Truth {
+        Truth {
+            events: events
+                .into_iter()
+                .map(|(rev, key, value)| Event { rev, key: key.into(), value: value.map(String::from) })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lost_and_phantom_writes_are_caught() {
+        let t = truth(vec![(2, "k", Some("a")), (3, "k", Some("ghost"))]);
+        let records = vec![
+            record(put_req("k", "a"), Response::Put { rev: 2 }, 0, 1),
+            // Acknowledged at revision 4, which never happened.
+            record(put_req("k", "b"), Response::Put { rev: 4 }, 2, 3),
+        ];
+        let mut v = Vec::new();
+        check_writes(&records, &t, &mut v);
+        assert_eq!(v.len(), 2, "{v:#?}");
+        assert!(v[0].starts_with("acknowledged write lost"));
+        assert!(v[1].starts_with("the log has a write no client made"));
+    }
+
+    #[test]
+    fn unknown_writes_are_resolved_from_the_log() {
+        let t = truth(vec![(2, "k", Some("a"))]);
+        let records = vec![
+            record(put_req("k", "a"), Response::Unknown, 0, NEVER),
+            record(put_req("k", "never"), Response::Unknown, 0, NEVER),
+            record(Request::Get { key: "k".into() }, Response::Unknown, 0, NEVER),
+            record(Request::Delete { key: "k".into() }, Response::Unknown, 0, NEVER),
+            record(Request::Get { key: "k".into() }, Response::Get { rev: 2, kv: None }, 5, 9),
+        ];
+        let mut resolved = 0;
+        let patched = patch(&records, &t, &mut resolved);
+        assert_eq!(resolved, 2);
+        // The applied put got its revision and a return no later than the read that saw revision 2;
+        // the unapplied put and the unknown read are gone; the unknown delete stays unknown.
+        assert_eq!(patched.len(), 3);
+        assert_eq!(patched[0].response, Response::Put { rev: 2 });
+        assert_eq!(patched[0].ret, 9);
+        assert_eq!(patched[1].response, Response::Unknown);
+    }
 }

@@ -120,17 +120,33 @@ impl Watcher {
         self.received.lock().expect("watch log").resumes
     }
 
-    /// Checks this watcher's guarantees on its own (ordered, unique, atomic, resumable); returns its
-    /// flattened events.
-    pub fn check_own(&self, violations: &mut Vec<String>) -> Vec<Event> {
+    /// What this watcher received: its member, the events of each response, and stream problems.
+    pub fn log(&self) -> WatchLog {
         let log = self.received.lock().expect("watch log");
+        WatchLog { member: self.member, responses: log.responses.clone(), problems: log.problems.clone() }
+    }
+}
+
+/// One watcher's record, as the checks take it.
+#[derive(Debug, Clone, Default)]
+pub struct WatchLog {
+    pub member: usize,
+    pub responses: Vec<Vec<Event>>,
+    pub problems: Vec<String>,
+}
+
+impl WatchLog {
+    /// Checks the guarantees one watcher can show on its own (ordered, unique, atomic, resumable);
+    /// returns its events flattened.
+    fn check_own(&self, violations: &mut Vec<String>) -> Vec<Event> {
         let who = format!("watcher on m{}", self.member);
-        violations.extend(log.problems.iter().map(|p| format!("{who}: {p}")));
+        violations.extend(self.problems.iter().map(|p| format!("{who}: {p}")));
         let mut all: Vec<Event> = Vec::new();
         let mut last_rev = 0;
-        for resp in &log.responses {
+        for resp in &self.responses {
             for (i, e) in resp.iter().enumerate() {
-                // Ordered and unique: revisions never go back, and a revision ends within one response.
+                // Ordered and unique: revisions never go back, and a revision that ended one response
+                // never continues in the next (atomic).
                 if e.rev < last_rev || (i == 0 && e.rev == last_rev) {
                     violations.push(format!("{who}: event at revision {} after revision {last_rev}", e.rev));
                 }
@@ -167,7 +183,7 @@ pub struct Truth {
 impl Truth {
     /// Builds the truth from all watchers: each must be a gap-free prefix of the longest, which must
     /// hold every revision from 2 to `final_rev` exactly once.
-    pub fn establish(watchers: &[Watcher], final_rev: i64, violations: &mut Vec<String>) -> Truth {
+    pub fn establish(watchers: &[WatchLog], final_rev: i64, violations: &mut Vec<String>) -> Truth {
         let logs: Vec<(usize, Vec<Event>)> = watchers.iter().map(|w| (w.member, w.check_own(violations))).collect();
         let Some((_, longest)) = logs.iter().max_by_key(|(_, events)| events.len()) else {
             return Truth::default();
@@ -218,5 +234,56 @@ impl Truth {
             }
         }
         state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(rev: i64, key: &str, value: &str) -> Event {
+        Event { rev, key: key.into(), value: Some(value.into()) }
+    }
+
+    fn log(member: usize, responses: Vec<Vec<Event>>) -> WatchLog {
+        WatchLog { member, responses, problems: vec![] }
+    }
+
+    fn violations(logs: &[WatchLog], final_rev: i64) -> Vec<String> {
+        let mut v = Vec::new();
+        Truth::establish(logs, final_rev, &mut v);
+        v
+    }
+
+    #[test]
+    fn agreeing_gap_free_logs_pass() {
+        let a = log(0, vec![vec![put(2, "k", "a")], vec![put(3, "k", "b"), put(4, "j", "c")]]);
+        let b = log(1, vec![vec![put(2, "k", "a"), put(3, "k", "b")], vec![put(4, "j", "c")]]);
+        assert!(violations(&[a, b], 4).is_empty());
+    }
+
+    #[test]
+    fn gap_duplicate_reorder_and_disagreement_are_caught() {
+        let gap = log(0, vec![vec![put(2, "k", "a")], vec![put(4, "k", "b")]]);
+        assert!(!violations(&[gap], 4).is_empty());
+        let dup = log(0, vec![vec![put(2, "k", "a")], vec![put(2, "k", "a"), put(3, "k", "b")]]);
+        assert!(!violations(&[dup], 3).is_empty());
+        let back = log(0, vec![vec![put(3, "k", "b")], vec![put(2, "k", "a")]]);
+        assert!(!violations(&[back], 3).is_empty());
+        let a = log(0, vec![vec![put(2, "k", "a"), put(3, "k", "b")]]);
+        let b = log(1, vec![vec![put(2, "k", "a"), put(3, "k", "other")]]);
+        assert!(!violations(&[a.clone(), b], 3).is_empty());
+        // A watcher that stops short of the members' revision missed events.
+        let short = log(1, vec![vec![put(2, "k", "a")]]);
+        assert!(!violations(&[a, short], 3).is_empty());
+    }
+
+    #[test]
+    fn state_at_replays_puts_and_deletes() {
+        let t =
+            Truth { events: vec![put(2, "k", "a"), Event { rev: 3, key: "k".into(), value: None }, put(4, "j", "b")] };
+        assert_eq!(t.state_at(2).get("k").map(|kv| kv.mod_rev), Some(2));
+        assert!(t.state_at(3).is_empty());
+        assert_eq!(t.state_at(4).len(), 1);
     }
 }
