@@ -3,18 +3,19 @@
 //! advertising the address of its own peer proxy (see [`crate::proxy`]) so the tests can partition,
 //! delay, pause and kill members. Processes are stopped by the pid of the child this harness started.
 
-use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use keel::proto::etcdserverpb::kv_client::KvClient;
 use keel::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel::proto::etcdserverpb::{RangeRequest, StatusRequest};
+use keel::proto::etcdserverpb::StatusRequest;
 
 use crate::proxy::{self, PeerNetwork};
-use crate::server::{connect, etcd_bin_dir, file_tail, free_port, keel_bin, HarnessError, ServerKind, START_TIMEOUT};
+use crate::server::{
+    connect, etcd_bin_dir, file_tail, free_port, keel_bin, probe_range, server_command, HarnessError, ServerKind,
+    START_TIMEOUT,
+};
 
 /// Raft timing for the tests: etcd's defaults are 100 ms / 1000 ms; a shorter election keeps the
 /// fault scenarios short while staying well above scheduling noise on two shared cores.
@@ -140,16 +141,10 @@ impl Cluster {
     fn spawn(&mut self, i: usize) -> Result<(), HarnessError> {
         let log_path = self.log_path(i);
         let m = &self.members[i];
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| HarnessError::io(format!("opening {}", log_path.display()), e))?;
-        let log_err = log.try_clone().map_err(|e| HarnessError::io("duplicating the log handle", e))?;
         let client_url = format!("http://127.0.0.1:{}", m.client_port);
         let data_dir = m.dir.join("data");
         // A restarted member finds its data dir and ignores the bootstrap flags, as etcd documents.
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = server_command(&self.binary, &m.dir, &log_path)?;
         cmd.arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -171,16 +166,7 @@ impl Cluster {
             .arg("--heartbeat-interval")
             .arg(HEARTBEAT_MS.to_string())
             .arg("--election-timeout")
-            .arg(ELECTION_MS.to_string())
-            .current_dir(&m.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ETCD_") {
-                cmd.env_remove(&key);
-            }
-        }
+            .arg(ELECTION_MS.to_string());
         let child = cmd.spawn().map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))?;
         self.net.set_pid(i, Some(child.id()));
         let m = &mut self.members[i];
@@ -204,7 +190,7 @@ impl Cluster {
             if Instant::now() >= deadline {
                 break;
             }
-            match probe(&endpoint).await {
+            match probe_range(&endpoint).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
@@ -298,17 +284,6 @@ impl Drop for Cluster {
                 eprintln!("linz: kept cluster dir {}", dir.display());
             }
         }
-    }
-}
-
-/// One linearizable Range against `endpoint`.
-async fn probe(endpoint: &str) -> Result<(), String> {
-    let mut kv = KvClient::new(connect(endpoint).await.map_err(|e| e.to_string())?);
-    let req = RangeRequest { key: b"linz-readiness-probe".to_vec(), ..Default::default() };
-    match tokio::time::timeout(Duration::from_secs(2), kv.range(req)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
-        Err(_) => Err("Range timed out".to_string()),
     }
 }
 
