@@ -345,7 +345,11 @@ pub fn check_writes(records: &[Record], truth: &Truth, violations: &mut Vec<Stri
 /// Fills in unknown outcomes from the ground truth, as etcd's robustness tests patch histories:
 /// unknown reads are dropped; an unknown Put/Txn whose unique value was applied gets its revision,
 /// and a return time no later than the first response that already observed that revision; one
-/// whose value never appeared had no effect and is dropped. Unknown deletes stay unknown.
+/// whose value never appeared had no effect and is dropped. Deletes carry no unique value, so an
+/// unknown delete is matched against the delete events no acknowledged delete explains: with no
+/// event it could have caused it had no effect and is dropped; where one delete and one event can
+/// only be each other's, it gets that revision; otherwise it stays unknown. (Unknown operations
+/// that can be placed anywhere are what makes the search expensive, above all on a violation.)
 pub fn patch(records: &[Record], truth: &Truth, resolved: &mut usize) -> Vec<Record> {
     let applied = truth.put_index();
     // Earliest return among known responses reporting each revision or later.
@@ -356,6 +360,26 @@ pub fn patch(records: &[Record], truth: &Truth, resolved: &mut usize) -> Vec<Rec
         suffix_min[i] = suffix_min[i + 1].min(known[i].1);
     }
     let bound = |rev: i64| suffix_min[known.partition_point(|(r, _)| *r < rev)];
+    let explained: std::collections::HashSet<i64> = records
+        .iter()
+        .filter_map(|r| match (&r.request, &r.response) {
+            (Request::Delete { .. }, Response::Delete { rev, deleted: 1 }) => Some(*rev),
+            _ => None,
+        })
+        .collect();
+    let unexplained: Vec<&crate::linz_watch::Event> =
+        truth.events.iter().filter(|e| e.value.is_none() && !explained.contains(&e.rev)).collect();
+    // The events an unknown delete may have caused: on its key, and not observed by any response
+    // that returned before the delete was even sent.
+    let candidates = |r: &Record| -> Vec<i64> {
+        unexplained.iter().filter(|e| e.key == r.request.key() && bound(e.rev) > r.call).map(|e| e.rev).collect()
+    };
+    let mut claims: HashMap<i64, usize> = HashMap::new();
+    for r in records.iter().filter(|r| r.response == Response::Unknown && matches!(r.request, Request::Delete { .. })) {
+        for rev in candidates(r) {
+            *claims.entry(rev).or_default() += 1;
+        }
+    }
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         if r.response != Response::Unknown {
@@ -364,10 +388,17 @@ pub fn patch(records: &[Record], truth: &Truth, resolved: &mut usize) -> Vec<Rec
         }
         let response = match (&r.request, r.request.written_value().and_then(|v| applied.get(v))) {
             (Request::Get { .. }, _) => continue,
-            (Request::Delete { .. }, _) => {
-                out.push(r.clone());
-                continue;
-            }
+            (Request::Delete { .. }, _) => match candidates(r)[..] {
+                [] => {
+                    *resolved += 1;
+                    continue;
+                }
+                [rev] if claims.get(&rev) == Some(&1) => Response::Delete { rev, deleted: 1 },
+                _ => {
+                    out.push(r.clone());
+                    continue;
+                }
+            },
             (_, None) => {
                 *resolved += 1;
                 continue;
@@ -419,22 +450,34 @@ mod tests {
 
     #[test]
     fn unknown_writes_are_resolved_from_the_log() {
-        let t = truth(vec![(2, "k", Some("a"))]);
+        let t = truth(vec![(2, "k", Some("a")), (3, "k", None), (4, "j", Some("b")), (5, "j", None)]);
+        let delete = |key: &str| Request::Delete { key: key.into() };
         let records = vec![
             record(put_req("k", "a"), Response::Unknown, 0, NEVER),
             record(put_req("k", "never"), Response::Unknown, 0, NEVER),
             record(Request::Get { key: "k".into() }, Response::Unknown, 0, NEVER),
-            record(Request::Delete { key: "k".into() }, Response::Unknown, 0, NEVER),
             record(Request::Get { key: "k".into() }, Response::Get { rev: 2, kv: None }, 5, 9),
+            record(put_req("j", "b"), Response::Put { rev: 4 }, 10, 11),
+            // The only delete that can explain revision 3.
+            record(delete("k"), Response::Unknown, 6, NEVER),
+            // Two deletes of j, either of which may have made revision 5.
+            record(delete("j"), Response::Unknown, 12, NEVER),
+            record(delete("j"), Response::Unknown, 13, NEVER),
+            record(Request::Get { key: "j".into() }, Response::Get { rev: 5, kv: None }, 14, 20),
+            // Sent after revision 5 was observed, when no unexplained delete of j remained.
+            record(delete("j"), Response::Unknown, 21, NEVER),
         ];
         let mut resolved = 0;
         let patched = patch(&records, &t, &mut resolved);
-        assert_eq!(resolved, 2);
+        assert_eq!(resolved, 4);
         // The applied put got its revision and a return no later than the read that saw revision 2;
-        // the unapplied put and the unknown read are gone; the unknown delete stays unknown.
-        assert_eq!(patched.len(), 3);
+        // the unapplied put, the unknown read and the late delete are gone; the delete of k got
+        // revision 3; the two ambiguous deletes of j stay unknown.
+        assert_eq!(patched.len(), 7, "{patched:#?}");
         assert_eq!(patched[0].response, Response::Put { rev: 2 });
         assert_eq!(patched[0].ret, 9);
-        assert_eq!(patched[1].response, Response::Unknown);
+        assert_eq!(patched[3].response, Response::Delete { rev: 3, deleted: 1 });
+        assert_eq!(patched[3].ret, 11, "bounded by the put acknowledged at revision 4");
+        assert_eq!((patched[4].response.clone(), patched[5].response.clone()), (Response::Unknown, Response::Unknown));
     }
 }

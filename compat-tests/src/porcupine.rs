@@ -137,7 +137,7 @@ fn check_partition<M: Model>(
 
     let words = n.div_ceil(64);
     let mut linearized = vec![0u64; words];
-    let mut cache: HashSet<(Vec<u64>, Vec<M::State>)> = HashSet::new();
+    let mut cache: HashSet<(u64, u64)> = HashSet::new();
     let mut states: Vec<M::State> = vec![model.init()];
     // Stack of (call node, states before it).
     let mut calls: Vec<(usize, Vec<M::State>)> = Vec::new();
@@ -161,7 +161,7 @@ fn check_partition<M: Model>(
             if !after.is_empty() {
                 let after = canonical(after);
                 linearized[k / 64] |= 1 << (k % 64);
-                if cache.insert((linearized.clone(), after.clone())) {
+                if cache.insert(fingerprint(&linearized, &after)) {
                     calls.push((entry, std::mem::replace(&mut states, after)));
                     // Lift the call and its return out of the list.
                     let ret = entry + 1;
@@ -202,6 +202,24 @@ fn check_partition<M: Model>(
         }
     }
     Search::Ok
+}
+
+/// A 128-bit fingerprint of a (linearized set, states) pair for the memo. Storing full pairs would
+/// cost a bitset of the whole history per entry (hundreds of MB on a soak); a collision could only
+/// skip an unexplored branch, with a probability far below any run's chance of hardware error.
+fn fingerprint<S: Hash>(linearized: &[u64], states: &[S]) -> (u64, u64) {
+    use std::hash::{BuildHasher, Hasher};
+    let mut halves = [0u64; 2];
+    for (salt, half) in halves.iter_mut().enumerate() {
+        // Two differently salted SipHash instances with fixed keys (runs stay reproducible).
+        let mut h =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+        h.write_u64(0x9e37_79b9_7f4a_7c15 ^ salt as u64);
+        linearized.hash(&mut h);
+        states.hash(&mut h);
+        *half = h.finish();
+    }
+    (halves[0], halves[1])
 }
 
 /// Builds the report for a failed search: replays the longest linearization found and lists the
