@@ -51,6 +51,8 @@ pub struct Report {
     pub ops: usize,
     pub unknown: usize,
     pub unknown_resolved: usize,
+    /// Unknown writes the watch log could not resolve, checked as "may or may not have applied".
+    pub unknown_left: usize,
     pub faults: Vec<String>,
     pub violations: Vec<String>,
     pub final_rev: i64,
@@ -64,11 +66,12 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} ops ({} unknown, {} resolved from the watch log), final revision {}, checked in {:?}, {} watch \
-             resumes, peer connections {} ({} traced to their dialler)",
+            "{} ops ({} unknown: {} writes resolved from the watch log, {} left open), final revision {}, checked in \
+             {:?}, {} watch resumes, peer connections {} ({} traced to their dialler)",
             self.ops,
             self.unknown,
             self.unknown_resolved,
+            self.unknown_left,
             self.final_rev,
             self.check_time,
             self.watch_resumes,
@@ -144,6 +147,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, HarnessError> {
     report.unknown = records.iter().filter(|r| r.response == Response::Unknown).count();
     check_writes(&records, &truth, &mut report.violations);
     let patched = patch(&records, &truth, &mut report.unknown_resolved);
+    report.unknown_left = patched.iter().filter(|r| r.response == Response::Unknown).count();
     let ops = operations(&patched);
     let t = Instant::now();
     for (name, result) in [
