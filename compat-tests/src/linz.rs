@@ -54,6 +54,8 @@ pub struct Report {
     /// Unknown writes the watch log could not resolve, checked as "may or may not have applied".
     pub unknown_left: usize,
     pub faults: Vec<String>,
+    /// Checks that could not run, and why.
+    pub notes: Vec<String>,
     pub violations: Vec<String>,
     pub final_rev: i64,
     pub check_time: Duration,
@@ -79,6 +81,9 @@ impl std::fmt::Display for Report {
             self.peer_connections.1
         )?;
         writeln!(f, "faults: {}", self.faults.join("; "))?;
+        if !self.notes.is_empty() {
+            writeln!(f, "notes: {}", self.notes.join("; "))?;
+        }
         for v in self.violations.iter().take(20) {
             writeln!(f, "VIOLATION: {v}")?;
         }
@@ -142,6 +147,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, HarnessError> {
             report.violations.push(format!("m{i}: final state at revision {rev} differs from the watch log"));
         }
     }
+
+    hash_agreement(&cluster, report.final_rev, &mut report).await;
 
     report.ops = records.len();
     report.unknown = records.iter().filter(|r| r.response == Response::Unknown).count();
@@ -248,6 +255,32 @@ async fn inject(
     let left = cfg.duration.saturating_sub(start.elapsed());
     tokio::time::sleep(left).await;
     Ok(())
+}
+
+/// All members hash their keyspace at `rev` alike (etcd's end-of-test HashKV check). Skipped, with a
+/// note, when a member does not implement HashKV.
+async fn hash_agreement(cluster: &Cluster, rev: i64, report: &mut Report) {
+    use keel::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use keel::proto::etcdserverpb::HashKvRequest;
+    let mut hashes = Vec::new();
+    for i in 0..cluster.size() {
+        let mut m = MaintenanceClient::new(crate::history::lazy_channel(&cluster.endpoint(i)));
+        match tokio::time::timeout(Duration::from_secs(5), m.hash_kv(HashKvRequest { revision: rev })).await {
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                hashes.push((i, resp.hash, resp.compact_revision));
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                report.notes.push(format!("HashKV not implemented on m{i}: hash check skipped"));
+                return;
+            }
+            Ok(Err(s)) => report.violations.push(format!("m{i}: HashKV at {rev} failed: {}", s.message())),
+            Err(_) => report.violations.push(format!("m{i}: HashKV at {rev} timed out")),
+        }
+    }
+    if hashes.windows(2).any(|w| (w[0].1, w[0].2) != (w[1].1, w[1].2)) {
+        report.violations.push(format!("members disagree on HashKV at revision {rev}: {hashes:?}"));
+    }
 }
 
 /// Whether `endpoint` answers a linearizable Range within 700 ms.
