@@ -311,6 +311,20 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(200), "delay not applied");
     }
 
+    /// A connection suffers the faults of both ends: isolating the dialler blocks its connections
+    /// into healthy members too, which is what makes a partition two-way.
+    #[test]
+    fn connection_mode_combines_both_ends() {
+        let d = |ms| LinkMode::Delay(Duration::from_millis(ms));
+        let modes = [LinkMode::Pass, LinkMode::Blackhole, d(50), d(80)];
+        assert_eq!(effective(&modes, 0, Some(1)), LinkMode::Blackhole);
+        assert_eq!(effective(&modes, 1, Some(0)), LinkMode::Blackhole);
+        assert_eq!(effective(&modes, 0, None), LinkMode::Pass);
+        assert_eq!(effective(&modes, 0, Some(2)), d(50));
+        assert_eq!(effective(&modes, 2, Some(3)), d(80));
+        assert_eq!(effective(&modes, 2, Some(1)), LinkMode::Blackhole);
+    }
+
     /// The proxy can tell which process dialled: our own test process owns its client socket.
     #[tokio::test]
     async fn source_port_maps_to_owning_process() {

@@ -81,9 +81,10 @@ async fn soak_mixed_faults() {
     scenario(target(), 3, Fault::Mixed, secs).await;
 }
 
-/// The checks have teeth on a real cluster: with serializable reads (which etcd serves from a
-/// member's local state) the member cut off by a partition answers stale reads, and the run must
-/// report them as not linearizable. Always against etcd, whose behaviour here is documented.
+/// The checks have teeth on a real cluster: serializable reads, which etcd serves from a member's
+/// local state, lag behind acknowledged writes on followers (already without faults; for seconds on
+/// a partitioned member), and the run must report them as not linearizable. Always against etcd,
+/// whose behaviour here is documented.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_serializable_reads_are_caught() {
     let _turn = ONE_AT_A_TIME.lock().await;
