@@ -152,6 +152,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, HarnessError> {
 
     hash_agreement(&cluster, report.final_rev, &mut report).await;
 
+    check_liveness(&records, start.elapsed(), &mut report.violations);
     report.ops = records.len();
     report.unknown = records.iter().filter(|r| r.response == Response::Unknown).count();
     check_writes(&records, &truth, &mut report.violations);
@@ -340,6 +341,33 @@ async fn final_range(endpoint: &str) -> Result<(i64, std::collections::BTreeMap<
     Err(HarnessError::Other(format!("final read on {endpoint} failed: {last}")))
 }
 
+/// Longest stretch without an acknowledged write that a run tolerates: a fault heals within 3 s
+/// and etcd elects a leader within a few election timeouts (1 s each here).
+pub const MAX_WRITE_GAP: Duration = Duration::from_secs(7);
+
+/// Liveness: the cluster keeps acknowledging writes; no gap between consecutive acknowledged writes
+/// (or from the start, or until `end`) exceeds [`MAX_WRITE_GAP`].
+pub fn check_liveness(records: &[Record], end: Duration, violations: &mut Vec<String>) {
+    let mut acked: Vec<u64> = records
+        .iter()
+        .filter(|r| matches!(r.response, Response::Put { .. } | Response::Txn { succeeded: true, .. }))
+        .map(|r| r.ret)
+        .collect();
+    acked.sort();
+    let traffic_end = records.iter().map(|r| r.call).max().unwrap_or(0).min(end.as_nanos() as u64);
+    let mut last = 0u64;
+    for t in acked.into_iter().chain([traffic_end]) {
+        if t.saturating_sub(last) > MAX_WRITE_GAP.as_nanos() as u64 {
+            violations.push(format!(
+                "no write acknowledged between {:?} and {:?} into the run",
+                Duration::from_nanos(last),
+                Duration::from_nanos(t)
+            ));
+        }
+        last = last.max(t);
+    }
+}
+
 /// No acknowledged write lost (each appears in the watch log at its revision) and no write in the
 /// log that no client made.
 pub fn check_writes(records: &[Record], truth: &Truth, violations: &mut Vec<String>) {
@@ -471,6 +499,19 @@ mod tests {
                 .map(|(rev, key, value)| Event { rev, key: key.into(), value: value.map(String::from) })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_stalled_cluster_is_caught() {
+        let secs = |s: u64| Duration::from_secs(s).as_nanos() as u64;
+        let put = |ret| record(put_req("k", "v"), Response::Put { rev: 2 }, ret - 1, ret);
+        let busy: Vec<Record> = (1..20).map(|s| put(secs(s))).collect();
+        let mut v = Vec::new();
+        check_liveness(&busy, Duration::from_secs(20), &mut v);
+        assert!(v.is_empty(), "{v:?}");
+        let stalled = vec![put(secs(1)), put(secs(2)), put(secs(12)), put(secs(13))];
+        check_liveness(&stalled, Duration::from_secs(14), &mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
     }
 
     #[test]
