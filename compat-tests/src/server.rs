@@ -104,9 +104,26 @@ pub fn keel_bin() -> PathBuf {
     }
 }
 
+/// Sends signal `name` (`TERM`, `STOP`, `CONT`, ...) to exactly process `pid`. std can only send
+/// SIGKILL; the shell's builtin `kill` sends any signal to one pid.
+pub fn send_signal(pid: u32, name: &str) -> Result<(), HarnessError> {
+    let status = Command::new("sh")
+        .args(["-c", "kill -s \"$1\" \"$2\"", "sh", name, &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| HarnessError::io(format!("sending SIG{name} to pid {pid}"), e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(HarnessError::Other(format!("kill -s {name} {pid} failed: {status}")))
+    }
+}
+
 /// Asks the kernel for a free loopback port. The listener is closed before the server binds it, so
 /// another process could take it meanwhile; [`Server::start`] retries with new ports if that happens.
-fn free_port() -> Result<u16, HarnessError> {
+pub fn free_port() -> Result<u16, HarnessError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("binding port 0", e))?;
     let port = listener.local_addr().map_err(|e| HarnessError::io("reading a bound port", e))?.port();
     Ok(port)
@@ -123,7 +140,7 @@ fn free_port_pair() -> Result<(u16, u16), HarnessError> {
 }
 
 /// Last `lines` lines of a file, for error messages; never fails.
-fn file_tail(path: &Path, lines: usize) -> String {
+pub fn file_tail(path: &Path, lines: usize) -> String {
     const MAX_BYTES: u64 = 64 * 1024;
     let mut text = String::new();
     if let Ok(mut file) = File::open(path) {
@@ -150,6 +167,38 @@ pub async fn connect(endpoint: &str) -> Result<Channel, HarnessError> {
             Err(HarnessError::Connect { endpoint: endpoint.to_string(), reason: "connect timed out".to_string() })
         }
     }
+}
+
+/// One linearizable Range on `endpoint`: Ok once the server answers it (so it has a leader).
+pub async fn probe_range(endpoint: &str) -> Result<(), String> {
+    let channel = connect(endpoint).await.map_err(|e| e.to_string())?;
+    let mut kv = KvClient::new(channel);
+    let request = RangeRequest { key: b"compat-readiness-probe".to_vec(), ..Default::default() };
+    match tokio::time::timeout(Duration::from_secs(2), kv.range(request)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+        Err(_) => Err("Range timed out".to_string()),
+    }
+}
+
+/// A command for a server binary that runs in `dir` and appends its stdout and stderr to
+/// `log_path`. Configuration must come from flags only, identically for both servers, so etcd's
+/// `ETCD_*` environment variables are removed.
+pub fn server_command(binary: &Path, dir: &Path, log_path: &Path) -> Result<Command, HarnessError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| HarnessError::io(format!("opening {}", log_path.display()), e))?;
+    let log_err = log.try_clone().map_err(|e| HarnessError::io("duplicating the log handle", e))?;
+    let mut cmd = Command::new(binary);
+    cmd.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log_err));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCD_") {
+            cmd.env_remove(&key);
+        }
+    }
+    Ok(cmd)
 }
 
 /// A running (or stopped, between restarts) server process owned by this harness.
@@ -367,13 +416,7 @@ impl Server {
             return Ok(());
         };
         let pid = child.id();
-        // std can only send SIGKILL; the shell's builtin `kill` sends SIGTERM to exactly this pid.
-        let _ = Command::new("sh")
-            .args(["-c", "kill -TERM \"$1\"", "sh", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = send_signal(pid, "TERM");
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match child.try_wait() {
@@ -397,15 +440,9 @@ impl Server {
     /// Spawns the child with etcd's flags and waits until a Range answers.
     async fn spawn_and_wait(&mut self) -> Result<(), HarnessError> {
         let log_path = self.log_path();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| HarnessError::io(format!("opening {}", log_path.display()), e))?;
-        let log_err = log.try_clone().map_err(|e| HarnessError::io("duplicating the log handle", e))?;
         let client_url = self.endpoint();
         let peer_url = self.peer_url();
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = server_command(&self.binary, &self.dir_path, &log_path)?;
         cmd.arg("--name")
             .arg(MEMBER_NAME)
             .arg("--data-dir")
@@ -420,17 +457,7 @@ impl Server {
             .arg(&peer_url)
             .arg("--initial-cluster")
             .arg(format!("{MEMBER_NAME}={peer_url}"))
-            .args(&self.extra_args)
-            .current_dir(&self.dir_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        // Configuration must come from the flags above only, identically for both servers.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ETCD_") {
-                cmd.env_remove(&key);
-            }
-        }
+            .args(&self.extra_args);
         for (key, value) in &self.env {
             cmd.env(key, value);
         }
@@ -474,14 +501,7 @@ impl Server {
     }
 
     async fn probe(&self) -> Result<(), String> {
-        let channel = connect(&self.endpoint()).await.map_err(|e| e.to_string())?;
-        let mut kv = KvClient::new(channel);
-        let request = RangeRequest { key: b"compat-readiness-probe".to_vec(), ..Default::default() };
-        match tokio::time::timeout(Duration::from_secs(2), kv.range(request)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-            Err(_) => Err("Range timed out".to_string()),
-        }
+        probe_range(&self.endpoint()).await
     }
 
     fn kill_child(&mut self) {

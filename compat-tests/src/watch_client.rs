@@ -250,7 +250,7 @@ fn mod_equals(key: &[u8], rev: i64) -> Compare {
     }
 }
 
-fn put_op(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
+pub fn put_op(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
             key: key.to_vec(),
@@ -261,7 +261,7 @@ fn put_op(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
     }
 }
 
-fn range_op(key: &[u8]) -> RequestOp {
+pub fn range_op(key: &[u8]) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestRange(RangeRequest { key: key.to_vec(), ..Default::default() })),
     }
