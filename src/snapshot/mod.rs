@@ -4,7 +4,9 @@
 //! `Maintenance.Snapshot`, restore for `keel snapshot restore`). Mirrors etcd 3.5.16's
 //! `v3rpc/maintenance.go` (Snapshot) and `etcdutl/snapshot` (status, restore).
 
+pub mod backup;
 pub mod bbolt;
+pub mod envelope;
 pub mod etcd;
 
 #[cfg(test)]
@@ -46,6 +48,6 @@ pub fn database(file: &[u8], skip_hash_check: bool) -> Result<&[u8], SnapshotErr
     Ok(db)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
