@@ -112,6 +112,9 @@ pub enum SnapshotError {
     },
     #[error("storage: {0}")]
     Storage(String),
+    /// `keel snapshot save` could not get a snapshot from its endpoint.
+    #[error("{0}")]
+    Fetch(String),
     /// An encrypted backup could not be read or written (`snapshot::envelope`).
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
@@ -123,6 +126,8 @@ pub enum SnapshotError {
 pub enum EnvelopeError {
     #[error("not an encrypted Keel backup (no envelope magic at its start)")]
     NotEnvelope,
+    #[error("{0} is an encrypted Keel backup: pass --decrypt-key-file")]
+    KeyRequired(String),
     #[error("encrypted backup has format version {0}; this Keel reads version 1")]
     UnsupportedVersion(u8),
     #[error("encrypted backup uses algorithm {0}; this Keel knows 1 (XChaCha20-Poly1305)")]

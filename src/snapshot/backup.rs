@@ -31,11 +31,11 @@ impl PartFile {
         let mut part = target.as_os_str().to_owned();
         part.push(".part");
         let part = PathBuf::from(part);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let file = opts.open(&part).map_err(|e| SnapshotError::io(format!("could not open {}", part.display()), e))?;
+        let file = super::private_write_options()
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .map_err(|e| SnapshotError::io(format!("could not open {}", part.display()), e))?;
         Ok(PartFile { file: Some(file), part, target: target.to_path_buf() })
     }
 
@@ -91,7 +91,7 @@ impl TrailerCheck {
     /// message), then the trailer itself against the bytes, which etcdctl leaves to etcdutl.
     fn finish(self) -> Result<u64, SnapshotError> {
         if !has_trailer(self.len) {
-            return Err(SnapshotError::Schema(format!("sha256 checksum not found [bytes: {}]", self.len)));
+            return Err(SnapshotError::Fetch(format!("sha256 checksum not found [bytes: {}]", self.len)));
         }
         let actual = self.hash.finalize();
         if actual.as_slice() != self.tail.as_slice() {
@@ -116,7 +116,8 @@ pub struct SaveReport {
 pub fn single_endpoint(endpoints: &str) -> Result<String, SnapshotError> {
     let list: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
     if list.len() != 1 {
-        return Err(SnapshotError::Schema(format!(
+        // etcdctl's wording (Go prints the list as `[a b]`).
+        return Err(SnapshotError::Fetch(format!(
             "snapshot must be requested to one selected node, not multiple [{}]",
             list.join(" ")
         )));
@@ -128,13 +129,13 @@ pub fn single_endpoint(endpoints: &str) -> Result<String, SnapshotError> {
 /// Stream a snapshot from `endpoint` into `path` (plain, byte for byte as the server sent it, or
 /// sealed with `key`), checking its sha256 trailer before the file appears under its name.
 pub async fn save(endpoint: &str, path: &Path, key: Option<&Key>) -> Result<SaveReport, SnapshotError> {
-    let rpc = |e: String| SnapshotError::Storage(format!("snapshot from {endpoint}: {e}"));
+    let rpc = |e: String| SnapshotError::Fetch(format!("snapshot from {endpoint}: {e}"));
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| rpc(e.to_string()))?
+        .map_err(|e| rpc(error_chain(&e)))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| rpc(e.to_string()))?;
+        .map_err(|e| rpc(error_chain(&e)))?;
     let mut client = MaintenanceClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut stream = client.snapshot(SnapshotRequest {}).await.map_err(|s| rpc(s.message().to_string()))?.into_inner();
 
@@ -155,6 +156,18 @@ pub async fn save(endpoint: &str, path: &Path, key: Option<&Key>) -> Result<Save
     let file_bytes = part.file().metadata().map_err(write_err)?.len();
     part.commit()?;
     Ok(SaveReport { snapshot_bytes, file_bytes, encrypted: key.is_some() })
+}
+
+/// An error with its causes (tonic's transport error alone says only "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Where `save` writes: the file itself, or the envelope around it.
@@ -204,11 +217,10 @@ struct PlainCopy {
 
 impl PlainCopy {
     fn new(key: &Key, input: &Path, path: PathBuf) -> Result<PlainCopy, SnapshotError> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut file = opts.open(&path).map_err(|e| SnapshotError::io(format!("create {}", path.display()), e))?;
+        let mut file = super::private_write_options()
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| SnapshotError::io(format!("create {}", path.display()), e))?;
         let copy = PlainCopy { path };
         decrypt_into(key, input, &mut file)?;
         Ok(copy)
@@ -226,10 +238,7 @@ impl Drop for PlainCopy {
 fn needs_decrypt(path: &Path, key: Option<&Key>) -> Result<bool, SnapshotError> {
     let encrypted = envelope::is_encrypted_file(path)?;
     match (encrypted, key.is_some()) {
-        (true, false) => Err(SnapshotError::Schema(format!(
-            "{} is an encrypted Keel backup: pass --decrypt-key-file",
-            path.display()
-        ))),
+        (true, false) => Err(EnvelopeError::KeyRequired(path.display().to_string()).into()),
         (false, true) => Err(EnvelopeError::NotEnvelope.into()),
         (encrypted, _) => Ok(encrypted),
     }
@@ -244,9 +253,7 @@ pub fn restore_file(opts: &RestoreOptions, key: Option<&Key>) -> Result<RestoreR
     }
     let key = key.expect("checked by needs_decrypt");
     let dir = opts.data_dir();
-    if dir.exists() {
-        return Err(SnapshotError::Schema(format!("data-dir {:?} exists", dir.display().to_string())));
-    }
+    super::etcd::refuse_existing(&dir)?;
     let mut tmp = dir.as_os_str().to_owned();
     tmp.push(format!(".decrypt-{}.tmp", std::process::id()));
     let plain = PlainCopy::new(key, &opts.snapshot, PathBuf::from(tmp))?;

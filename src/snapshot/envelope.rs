@@ -155,12 +155,9 @@ impl Key {
     /// Generate a key into a new file (refusing to overwrite one), readable by its owner only.
     pub fn generate_file(path: &Path) -> Result<(), EnvelopeError> {
         let key = Key::generate()?;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let context = || format!("create key file {}", path.display());
-        let mut file = opts.open(path).map_err(|e| EnvelopeError::io(context(), e))?;
+        let mut file =
+            super::private_write_options().create_new(true).open(path).map_err(|e| EnvelopeError::io(context(), e))?;
         file.write_all(format!("{}\n", key.to_hex()).as_bytes()).map_err(|e| EnvelopeError::io(context(), e))?;
         file.sync_all().map_err(|e| EnvelopeError::io(context(), e))
     }

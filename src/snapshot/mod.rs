@@ -48,6 +48,16 @@ pub fn database(file: &[u8], skip_hash_check: bool) -> Result<&[u8], SnapshotErr
     Ok(db)
 }
 
+/// Options to write a file only its owner can read (etcd's `PrivateFileMode`, 0600): snapshots,
+/// decrypted copies and key files all hold the whole keyspace or the means to read it.
+pub(crate) fn private_write_options() -> std::fs::OpenOptions {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
