@@ -112,6 +112,50 @@ pub enum SnapshotError {
     },
     #[error("storage: {0}")]
     Storage(String),
+    /// `keel snapshot save` could not get a snapshot from its endpoint.
+    #[error("{0}")]
+    Fetch(String),
+    /// An encrypted backup could not be read or written (`snapshot::envelope`).
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// Failures of Keel's encrypted backup envelope (`snapshot::envelope`). AEAD cannot tell a wrong
+/// key from a modified file, so both are one error naming the chunk that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("not an encrypted Keel backup (no envelope magic at its start)")]
+    NotEnvelope,
+    #[error("{0} is an encrypted Keel backup: pass --decrypt-key-file")]
+    KeyRequired(String),
+    #[error("encrypted backup has format version {0}; this Keel reads version 1")]
+    UnsupportedVersion(u8),
+    #[error("encrypted backup uses algorithm {0}; this Keel knows 1 (XChaCha20-Poly1305)")]
+    UnsupportedAlgorithm(u8),
+    #[error("encrypted backup header is invalid: {0}")]
+    BadHeader(String),
+    #[error("encrypted backup is truncated: {0}")]
+    Truncated(String),
+    #[error(
+        "encrypted backup failed authentication at chunk {chunk}: wrong key, or the file was damaged or tampered with"
+    )]
+    Authentication { chunk: u64 },
+    #[error("encrypted backup would need more than {max} chunks")]
+    TooManyChunks { max: u64 },
+    #[error("key file {path}: {reason}")]
+    BadKey { path: String, reason: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl EnvelopeError {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        EnvelopeError::Io { context: context.into(), source }
+    }
 }
 
 impl SnapshotError {

@@ -1,5 +1,6 @@
 //! The `keel` binary: parse etcd's flags, start logging, serve until SIGINT or SIGTERM. `keel
-//! snapshot restore|status <file>` works on etcd snapshot files instead, with etcdutl's flags.
+//! snapshot restore|status <file>` works on etcd snapshot files instead, with etcdutl's flags;
+//! `keel snapshot save|keygen|decrypt` takes and unwraps (optionally encrypted) backups.
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     // The snapshot tool has etcdutl's flags, not the server's: dispatch before the server parses.
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("snapshot") {
-        return snapshot_command(&args[2..]);
+        return snapshot_command(&args[2..]).await;
     }
     let (config, warnings) = keel::config::parse()?;
     let filter = EnvFilter::try_from_env("KEEL_LOG")
@@ -43,12 +44,18 @@ async fn shutdown_signal() {
 
 /// `keel snapshot restore <file> [--data-dir DIR] [--name N] [--initial-cluster C]
 /// [--initial-cluster-token T] [--initial-advertise-peer-urls U] [--skip-hash-check]
-/// [--storage-engine redb|sled]` and `keel snapshot status <file>`, as etcdutl's commands.
-fn snapshot_command(args: &[String]) -> anyhow::Result<()> {
-    use keel::snapshot::{self, RestoreOptions};
+/// [--storage-engine redb|sled] [--decrypt-key-file K]` and `keel snapshot status <file>
+/// [--decrypt-key-file K]`, as etcdutl's commands; `keel snapshot save <file> --endpoints URL
+/// [--encrypt-key-file K]` as etcdctl's; `keel snapshot keygen <keyfile>` and `keel snapshot
+/// decrypt <in> <out> --decrypt-key-file K` for encrypted backups (`snapshot::envelope`).
+async fn snapshot_command(args: &[String]) -> anyhow::Result<()> {
+    use keel::snapshot::{backup, envelope::Key, RestoreOptions};
     const USAGE: &str = "usage: keel snapshot restore <file> [--data-dir DIR] [--name NAME] \
         [--initial-cluster CLUSTER] [--initial-cluster-token TOKEN] [--initial-advertise-peer-urls URLS] \
-        [--skip-hash-check] [--storage-engine redb|sled] | keel snapshot status <file>";
+        [--skip-hash-check] [--storage-engine redb|sled] [--decrypt-key-file KEY] \
+        | keel snapshot status <file> [--decrypt-key-file KEY] \
+        | keel snapshot save <file> --endpoints URL [--encrypt-key-file KEY] \
+        | keel snapshot keygen <keyfile> | keel snapshot decrypt <in> <out> --decrypt-key-file KEY";
     let Some(action) = args.first() else { anyhow::bail!(USAGE) };
     let mut opts = RestoreOptions::default();
     // The server picks its engine from --storage-engine or KEEL_STORAGE_ENGINE; a restored
@@ -56,7 +63,8 @@ fn snapshot_command(args: &[String]) -> anyhow::Result<()> {
     if let Ok(engine) = std::env::var("KEEL_STORAGE_ENGINE") {
         opts.engine = engine.parse()?;
     }
-    let mut file = None;
+    let mut files: Vec<String> = Vec::new();
+    let (mut endpoints, mut encrypt_key, mut decrypt_key) = (None, None, None);
     let mut rest = args[1..].iter();
     while let Some(arg) = rest.next() {
         let (flag, inline) = match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
@@ -67,8 +75,7 @@ fn snapshot_command(args: &[String]) -> anyhow::Result<()> {
             None => (None, None),
         };
         let Some(flag) = flag else {
-            anyhow::ensure!(file.is_none(), "snapshot path must be given once\n{USAGE}");
-            file = Some(arg.clone());
+            files.push(arg.clone());
             continue;
         };
         if flag == "skip-hash-check" {
@@ -88,14 +95,39 @@ fn snapshot_command(args: &[String]) -> anyhow::Result<()> {
                 opts.initial_advertise_peer_urls = value.split(',').map(str::to_string).collect()
             }
             "storage-engine" => opts.engine = value.parse()?,
+            "endpoints" => endpoints = Some(value),
+            "encrypt-key-file" => encrypt_key = Some(Key::read_file(value.as_ref())?),
+            "decrypt-key-file" => decrypt_key = Some(Key::read_file(value.as_ref())?),
             other => anyhow::bail!("unknown flag: --{other}\n{USAGE}"),
         }
     }
-    let Some(file) = file else { anyhow::bail!("snapshot path is required\n{USAGE}") };
+    let wanted = if action == "decrypt" { 2 } else { 1 };
+    anyhow::ensure!(files.len() <= wanted, "snapshot path must be given once\n{USAGE}");
+    let Some(file) = files.first() else { anyhow::bail!("snapshot path is required\n{USAGE}") };
     opts.snapshot = file.into();
     match action.as_str() {
+        "save" => {
+            let Some(endpoints) = endpoints else { anyhow::bail!("--endpoints is required\n{USAGE}") };
+            let endpoint = backup::single_endpoint(&endpoints)?;
+            let report = backup::save(&endpoint, &opts.snapshot, encrypt_key.as_ref()).await?;
+            let how = if report.encrypted { "encrypted snapshot" } else { "snapshot" };
+            eprintln!("saved {how} of {} bytes to {}", report.snapshot_bytes, opts.snapshot.display());
+            Ok(())
+        }
+        "keygen" => {
+            Key::generate_file(&opts.snapshot)?;
+            eprintln!("wrote a new 32-byte key (hex) to {}", opts.snapshot.display());
+            Ok(())
+        }
+        "decrypt" => {
+            let Some(out) = files.get(1) else { anyhow::bail!("decrypt needs <in> <out>\n{USAGE}") };
+            let Some(key) = decrypt_key else { anyhow::bail!("--decrypt-key-file is required\n{USAGE}") };
+            let n = backup::decrypt_file(&key, &opts.snapshot, out.as_ref())?;
+            eprintln!("decrypted {} into {out} ({n} bytes)", opts.snapshot.display());
+            Ok(())
+        }
         "restore" => {
-            let report = snapshot::restore_dir(&opts)?;
+            let report = backup::restore_file(&opts, decrypt_key.as_ref())?;
             eprintln!(
                 "restored snapshot {} into {}: {} revision rows, {} leases, revision {}, compacted at {}",
                 opts.snapshot.display(),
@@ -111,8 +143,7 @@ fn snapshot_command(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         "status" => {
-            let bytes = std::fs::read(&opts.snapshot)?;
-            let st = snapshot::status(snapshot::database(&bytes, true)?)?;
+            let st = backup::status_file(&opts.snapshot, decrypt_key.as_ref())?;
             println!("{{\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}", st.revision, st.total_keys, st.total_size);
             Ok(())
         }

@@ -18,6 +18,7 @@ pub mod runner;
 pub mod scenario;
 pub mod scenarios;
 pub mod server;
+pub mod snapshots;
 pub mod watch;
 pub mod watch_client;
 pub mod watch_scenarios;

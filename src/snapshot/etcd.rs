@@ -424,14 +424,20 @@ impl RestoreOptions {
     }
 }
 
+/// etcdutl never restores over an existing data directory.
+pub(crate) fn refuse_existing(dir: &Path) -> Result<(), SnapshotError> {
+    if dir.exists() {
+        return Err(SnapshotError::Schema(format!("data-dir {:?} exists", dir.display().to_string())));
+    }
+    Ok(())
+}
+
 /// Build a Keel data directory from an etcd snapshot file, refusing a directory that exists (as
 /// etcdutl does). A failed restore removes what it created.
 pub fn restore_dir(opts: &RestoreOptions) -> Result<RestoreReport, SnapshotError> {
     opts.verify()?;
     let dir = opts.data_dir();
-    if dir.exists() {
-        return Err(SnapshotError::Schema(format!("data-dir {:?} exists", dir.display().to_string())));
-    }
+    refuse_existing(&dir)?;
     let file =
         std::fs::read(&opts.snapshot).map_err(|e| SnapshotError::io(format!("read {}", opts.snapshot.display()), e))?;
     let db = super::database(&file, opts.skip_hash_check)?;

@@ -4,7 +4,9 @@
 //! `Maintenance.Snapshot`, restore for `keel snapshot restore`). Mirrors etcd 3.5.16's
 //! `v3rpc/maintenance.go` (Snapshot) and `etcdutl/snapshot` (status, restore).
 
+pub mod backup;
 pub mod bbolt;
+pub mod envelope;
 pub mod etcd;
 
 #[cfg(test)]
@@ -46,6 +48,16 @@ pub fn database(file: &[u8], skip_hash_check: bool) -> Result<&[u8], SnapshotErr
     Ok(db)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Options to write a file only its owner can read (etcd's `PrivateFileMode`, 0600): snapshots,
+/// decrypted copies and key files all hold the whole keyspace or the means to read it.
+pub(crate) fn private_write_options() -> std::fs::OpenOptions {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
