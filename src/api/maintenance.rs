@@ -75,12 +75,32 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("Maintenance.Defragment"))
     }
 
+    /// etcd's Hash: a checksum of the member's whole state. etcd's value depends on bbolt's page
+    /// layout and cannot be reproduced; ours is stable for one state (see `Applier::state_hash`).
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_yet("Maintenance.Hash"))
+        let node = self.node.clone();
+        let (hash, revision) = blocking(move || {
+            // The revision is read first: the state hashed is at least that new, as in etcd,
+            // where the revision comes from the same locked view.
+            let revision = node.mvcc().current_revision();
+            Ok((node.applier.state_hash()?, revision))
+        })
+        .await?;
+        Ok(Response::new(HashResponse { header: Some(header::header(&self.node, revision)), hash }))
     }
 
-    async fn hash_kv(&self, _request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("Maintenance.HashKV"))
+    /// etcd's HashKV: the key-value history's CRC-32C up to a revision, equal to real etcd's for
+    /// the same history (see `mvcc::hash`). The header carries the store revision.
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let rev = request.into_inner().revision;
+        let mvcc = self.node.mvcc();
+        let h = blocking(move || mvcc.hash_kv(rev)).await?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(header::header(&self.node, h.current_revision)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.hash_revision,
+        }))
     }
 
     /// etcd's Snapshot: the database in 32 KiB blobs, each with the bytes still to come, then one
@@ -104,6 +124,16 @@ impl Maintenance for MaintenanceService {
     async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_yet("Maintenance.Downgrade"))
     }
+}
+
+/// Run storage-bound work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| to_status(crate::error::Error::Internal(format!("maintenance task: {e}"))))?
+        .map_err(to_status)
 }
 
 /// etcd's `snapshotSendBufferSize`: the size of every blob but the last.

@@ -1,0 +1,165 @@
+//! `HashKV`: etcd 3.5.16's `hashByRev` and `kvHasher` (server/mvcc/hash.go). A CRC-32C over the
+//! name of the key bucket, then every row of it (17-byte revision key, marshalled
+//! `mvccpb.KeyValue`) up to the hashed revision, leaving out rows a compaction has doomed. Our
+//! `"kv"` rows are byte for byte etcd's, so for the same history the hash equals real etcd's.
+
+use std::collections::HashSet;
+
+use super::revision::Revision;
+use super::{MvccStore, KV_TABLE};
+use crate::error::{Error, Result};
+use crate::storage::checksum::Crc32c;
+
+/// What etcd's `KeyValueHash` plus the store revision tell a HashKV caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvHash {
+    pub hash: u32,
+    /// etcd's `compactMainRev` when the hash began: -1 if the store was never compacted.
+    pub compact_revision: i64,
+    /// The revision the hash covers (the current one when 0 was asked).
+    pub hash_revision: i64,
+    /// The store revision, for the response header.
+    pub current_revision: i64,
+}
+
+/// etcd names its bucket "key"; the hash starts with that name.
+const KEY_BUCKET_NAME: &[u8] = b"key";
+
+impl MvccStore {
+    /// Hash the key-value history up to `rev` (0 = current). Errors as etcd: a revision below the
+    /// compaction is `Compacted`, one past the current revision `FutureRevision`.
+    pub fn hash_kv(&self, rev: i64) -> Result<KvHash> {
+        // No compaction may start while we scan: it would delete rows the hash counts. Writes go
+        // on; their rows lie above `rev` and are skipped.
+        let _no_compaction = self.hash_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let (compacted, current, at, keep) = {
+            let st = self.read_state();
+            if rev > 0 && rev < st.compacted {
+                return Err(Error::Compacted);
+            }
+            if rev > 0 && rev > st.current {
+                return Err(Error::FutureRevision);
+            }
+            let at = if rev == 0 { st.current } else { rev };
+            (st.compacted, st.current, at, st.index.keep(at))
+        };
+        let mut crc = Crc32c::default();
+        crc.update(KEY_BUCKET_NAME);
+        let end = Revision::row_key_floor(at.saturating_add(1));
+        crate::storage::try_scan(self.engine.as_ref(), KV_TABLE, &[], Some(&end), &mut |k, v| {
+            let (row, _tombstone) = Revision::from_row_key(k)?;
+            if counts(row, compacted, &keep) {
+                crc.update(k);
+                crc.update(v);
+            }
+            Ok::<_, Error>(true)
+        })?;
+        Ok(KvHash { hash: crc.finish(), compact_revision: compacted, hash_revision: at, current_revision: current })
+    }
+}
+
+/// etcd's `kvHasher.WriteKeyValue` filter for a row at or below the hashed revision: rows at or
+/// below the compaction count only if compaction at the hashed revision would keep them.
+/// Quirk kept from etcd: when nothing at all would be kept (`keep` empty) every row counts, so
+/// rows a compaction left behind (a tombstone at the compaction revision) enter the hash then.
+fn counts(row: Revision, compacted: i64, keep: &HashSet<Revision>) -> bool {
+    row.main > compacted || keep.is_empty() || keep.contains(&row)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::mvcc::mem_engine::MemEngine;
+    use crate::proto::etcdserverpb::PutRequest;
+    use crate::storage::WriteBatch;
+
+    fn put(s: &MvccStore, key: &str, value: &str) {
+        let mut w = s.write();
+        w.put(&PutRequest { key: key.into(), value: value.into(), ..Default::default() }).unwrap();
+        w.commit(WriteBatch::default()).unwrap();
+    }
+
+    fn delete(s: &MvccStore, key: &str) {
+        let mut w = s.write();
+        w.delete_range_count(key.as_bytes(), &[]).unwrap();
+        w.commit(WriteBatch::default()).unwrap();
+    }
+
+    #[test]
+    fn fresh_store_hashes_like_a_fresh_etcd() {
+        let s = MvccStore::open(Arc::new(MemEngine::default())).unwrap();
+        let h = s.hash_kv(0).unwrap();
+        // `etcdctl endpoint hashkv -w json` on a fresh 3.5.16: hash 1084519789, compact -1.
+        assert_eq!(h, KvHash { hash: 1_084_519_789, compact_revision: -1, hash_revision: 1, current_revision: 1 });
+    }
+
+    #[test]
+    fn a_single_put_hashes_like_etcd() {
+        // etcd 3.5.16 after `put a 1` on a fresh member: hash 2587454935 at revision 2.
+        let s = MvccStore::open(Arc::new(MemEngine::default())).unwrap();
+        put(&s, "a", "1");
+        assert_eq!(s.hash_kv(0).unwrap().hash, 2_587_454_935);
+    }
+
+    #[test]
+    fn hash_at_a_revision_ignores_later_rows_and_checks_bounds() {
+        let s = MvccStore::open(Arc::new(MemEngine::default())).unwrap();
+        put(&s, "a", "1");
+        let at2 = s.hash_kv(0).unwrap();
+        put(&s, "b", "2");
+        let later = s.hash_kv(2).unwrap();
+        assert_eq!((later.hash, later.hash_revision, later.current_revision), (at2.hash, 2, 3));
+        assert!(matches!(s.hash_kv(4), Err(Error::FutureRevision)));
+        put(&s, "a", "3");
+        delete(&s, "b");
+        s.compact(4, true).unwrap().wait().unwrap();
+        assert!(matches!(s.hash_kv(3), Err(Error::Compacted)));
+        // At the compaction revision itself the hash is allowed and reports the compaction.
+        let h = s.hash_kv(4).unwrap();
+        assert_eq!((h.compact_revision, h.hash_revision), (4, 4));
+    }
+
+    /// CRC-32C of "key" and the named rows as the engine holds them.
+    fn expected(s: &MvccStore, rows: &[(i64, bool)]) -> u32 {
+        let mut crc = Crc32c::default();
+        crc.update(KEY_BUCKET_NAME);
+        for (main, tombstone) in rows {
+            let k = Revision::new(*main, 0).to_row_key(*tombstone);
+            let v = s.engine.get(KV_TABLE, &k).unwrap().expect("row kept");
+            crc.update(&k);
+            crc.update(&v);
+        }
+        crc.finish()
+    }
+
+    #[test]
+    fn after_compaction_only_rows_kept_at_the_hashed_revision_count() {
+        let s = MvccStore::open(Arc::new(MemEngine::default())).unwrap();
+        for v in ["1", "2", "3"] {
+            put(&s, "a", v); // revisions 2, 4, 6
+            put(&s, "b", v); // revisions 3, 5, 7
+        }
+        delete(&s, "b"); // 8
+        put(&s, "c", "x"); // 9
+        s.compact(7, true).unwrap().wait().unwrap();
+        // Left at or below 7: a@6 and b@7. At revision 9, compaction would keep a@6 but not b@7
+        // (b was deleted at 8), so b@7 is skipped though its row still exists.
+        let h = s.hash_kv(0).unwrap();
+        assert_eq!(h.hash, expected(&s, &[(6, false), (8, true), (9, false)]));
+        // Hashing at 7 keeps both.
+        assert_eq!(s.hash_kv(7).unwrap().hash, expected(&s, &[(6, false), (7, false)]));
+    }
+
+    #[test]
+    fn nothing_to_keep_means_every_row_counts() {
+        // etcd's `len(keep) > 0` condition: with no live key at the hashed revision, the
+        // tombstone a compaction at its revision left behind is hashed too.
+        let s = MvccStore::open(Arc::new(MemEngine::default())).unwrap();
+        put(&s, "a", "1");
+        delete(&s, "a");
+        s.compact(3, true).unwrap().wait().unwrap();
+        assert_eq!(s.hash_kv(0).unwrap().hash, expected(&s, &[(3, true)]));
+    }
+}
