@@ -51,6 +51,7 @@ impl Lease for LeaseService {
 
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         let mut req = request.into_inner();
+        crate::api::quota::check(&self.node, crate::api::quota::LEASE_GRANT_COST).await?;
         // etcd's server picks the id before proposing; the lessor raises a short TTL to the
         // minimum. Both happen here so the log carries the final values.
         if req.id == 0 {

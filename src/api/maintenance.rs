@@ -13,7 +13,10 @@ use sha2::{Digest, Sha256};
 
 use crate::api::pending::{not_yet, BoxStream};
 use crate::api::{header, status::to_status};
+use crate::apply::command::{Request as Cmd, Response as Applied};
+use crate::error::Error;
 use crate::node::Node;
+use crate::propose;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
@@ -35,16 +38,20 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     type SnapshotStream = BoxStream<SnapshotResponse>;
 
+    /// etcd's Alarm: GET, ACTIVATE and DEACTIVATE all go through raft (alarms are cluster
+    /// state); `etcdctl alarm list` / `alarm disarm` are GET and a DEACTIVATE per listed alarm.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let req = request.into_inner();
-        match AlarmAction::try_from(req.action) {
-            // No alarm is ever raised yet (quota and corruption checks come with their issue), so
-            // the list is truthfully empty.
-            Ok(AlarmAction::Get) => {
-                let revision = self.node.mvcc().current_revision();
-                Ok(Response::new(AlarmResponse { header: Some(header::header(&self.node, revision)), alarms: vec![] }))
+        if AlarmAction::try_from(req.action).is_err() {
+            // etcd 3.5.16 panics on an unknown action; refuse it instead of proposing it.
+            return Err(to_status(Error::Internal(format!("unknown alarm action {}", req.action))));
+        }
+        match propose::propose(&self.node, Cmd::Alarm(req)).await.map_err(to_status)? {
+            (Applied::Alarm(mut resp), _) => {
+                resp.header = Some(header::complete(&self.node, resp.header));
+                Ok(Response::new(resp))
             }
-            _ => Err(not_yet("Maintenance.Alarm (activate/deactivate)")),
+            _ => Err(to_status(Error::Internal("apply returned an unexpected response to alarm".into()))),
         }
     }
 
@@ -54,8 +61,10 @@ impl Maintenance for MaintenanceService {
         let size = node.db_size().map_err(to_status)?;
         let mut errors = Vec::new();
         if raft.leader.is_none() {
-            errors.push("etcdserver: no leader".to_string());
+            errors.push(crate::api::status::code_and_message(&Error::NoLeader).1);
         }
+        // Then every active alarm, in gogoproto's text form, as etcd lists them.
+        errors.extend(node.applier.alarms().get(AlarmType::None as i32).iter().map(alarm_text));
         let revision = node.mvcc().current_revision();
         Ok(Response::new(StatusResponse {
             header: Some(header::header(node, revision)),
@@ -124,6 +133,22 @@ impl Maintenance for MaintenanceService {
     async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_yet("Maintenance.Downgrade"))
     }
+}
+
+/// An alarm as gogoproto's `String()` prints it (what `etcdctl alarm list` and Status `errors`
+/// show): each non-zero field as `name:value` followed by a space, enums by name.
+pub fn alarm_text(m: &AlarmMember) -> String {
+    let mut text = String::new();
+    if m.member_id != 0 {
+        text.push_str(&format!("memberID:{} ", m.member_id));
+    }
+    if m.alarm != 0 {
+        match AlarmType::try_from(m.alarm) {
+            Ok(t) => text.push_str(&format!("alarm:{} ", t.as_str_name())),
+            Err(_) => text.push_str(&format!("alarm:{} ", m.alarm)),
+        }
+    }
+    text
 }
 
 /// Run storage-bound work off the async runtime.

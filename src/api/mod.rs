@@ -8,6 +8,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod pending;
+pub mod quota;
 pub mod status;
 pub mod validate;
 pub mod watch;

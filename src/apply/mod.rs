@@ -1,6 +1,7 @@
 //! AFTER THE LOG: turns committed commands into state changes, deterministically (no clocks, no
 //! randomness, no raft), so every member that applies the same log holds the same data.
 
+pub mod alarms;
 pub mod applier;
 pub mod command;
 pub mod execute;
