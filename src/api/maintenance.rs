@@ -1,7 +1,6 @@
-//! The Maintenance service (etcd's `v3rpc/maintenance.go`): Status and the alarm list, which
-//! `etcdctl endpoint status/health` need, and Snapshot in etcd's file format. Defragment, hashes,
-//! leader moves and downgrades arrive with the operations issue and answer `Unimplemented` until
-//! then.
+//! The Maintenance service (etcd 3.5.16's `v3rpc/maintenance.go`): Status, alarms, HashKV and
+//! Hash, Defragment, Downgrade and Snapshot in etcd's file format. MoveLeader arrives with the
+//! cluster work and answers `Unimplemented` until then.
 
 use std::sync::Arc;
 
@@ -80,8 +79,16 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// etcd's Defragment: give free space back to the file system. etcd blocks every read and
+    /// write of the member while it rewrites bbolt (etcd issue 9222); the engine here rewrites
+    /// beside the live file and holds writes off only to swap files. As in etcd, the response is
+    /// `{}` without a header.
     async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_yet("Maintenance.Defragment"))
+        let node = self.node.clone();
+        let started = std::time::Instant::now();
+        blocking(move || Ok(node.engine().defragment()?)).await?;
+        tracing::info!(took = ?started.elapsed(), "finished defragmenting the backend");
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     /// etcd's Hash: a checksum of the member's whole state. etcd's value depends on bbolt's page
@@ -108,7 +115,8 @@ impl Maintenance for MaintenanceService {
             header: Some(header::header(&self.node, h.current_revision)),
             hash: h.hash,
             compact_revision: h.compact_revision,
-            hash_revision: h.hash_revision,
+            // etcd 3.5.16 computes the hashed revision but leaves this field unset.
+            hash_revision: 0,
         }))
     }
 
@@ -130,8 +138,11 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("Maintenance.MoveLeader"))
     }
 
-    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        Err(not_yet("Maintenance.Downgrade"))
+    /// etcd 3.5.16's Downgrade (see `api::downgrade`); the header carries the store revision.
+    async fn downgrade(&self, request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        let version = crate::api::downgrade::downgrade(&self.node, request.into_inner()).await.map_err(to_status)?;
+        let revision = self.node.mvcc().current_revision();
+        Ok(Response::new(DowngradeResponse { header: Some(header::header(&self.node, revision)), version }))
     }
 }
 

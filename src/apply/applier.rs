@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::lease::Lessor;
 use crate::mvcc::{CompactionHandle, MvccStore};
 use crate::proto::etcdserverpb::{
-    AlarmResponse, CompactionResponse, LeaseCheckpointResponse, LeaseGrantResponse, LeaseRevokeResponse, RangeRequest,
-    ResponseHeader,
+    AlarmResponse, CompactionResponse, DowngradeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, RangeRequest, ResponseHeader,
 };
 use crate::storage::{Engine, WriteBatch, WriteBuffer};
 use crate::watch::WatchHub;
@@ -236,6 +236,13 @@ impl Applier {
                 self.alarms.commit(change);
                 Ok(Response::Alarm(AlarmResponse { header: current_header(&mvcc), alarms }))
             }
+            Request::Downgrade(req) => {
+                use crate::proto::etcdserverpb::downgrade_request::DowngradeAction;
+                let enable = req.action == DowngradeAction::Enable as i32;
+                crate::apply::downgrade::stage(&mut extra, enable, &req.version);
+                self.engine.write(extra)?;
+                Ok(Response::Downgrade(DowngradeResponse { header: current_header(&mvcc), version: String::new() }))
+            }
         };
         Ok(CommandResult { outcome })
     }
@@ -246,6 +253,11 @@ impl Applier {
     pub fn state_hash(&self) -> Result<u32> {
         let skip = |table: &str, key: &[u8]| table == META_TABLE && key == META_RAFT_APPLIED;
         Ok(crate::storage::checksum::hash_all(self.engine.as_ref(), &skip)?)
+    }
+
+    /// The cluster's downgrade job as last applied.
+    pub fn downgrade_info(&self) -> Result<crate::apply::downgrade::DowngradeInfo> {
+        crate::apply::downgrade::info(self.engine.as_ref())
     }
 
     /// Replace the whole state with a raft snapshot's contents.

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+    DowngradeRequest, DowngradeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 /// Who proposed a command. Mirrors etcd's `RequestHeader` inside `InternalRaftRequest`: the id lets
@@ -40,6 +40,9 @@ pub enum Request {
     /// etcd's `Alarm` (GET, ACTIVATE, DEACTIVATE): alarms are cluster state, so even a listing
     /// goes through the log, as in etcd.
     Alarm(#[serde(with = "pb")] AlarmRequest),
+    /// etcd's internal `DowngradeInfoSet`, carried as the client's request after the edge
+    /// validated it: ENABLE with the target already normalised to `major.minor.0`, or CANCEL.
+    Downgrade(#[serde(with = "pb")] DowngradeRequest),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -59,6 +62,7 @@ impl fmt::Display for RaftCommand {
             Request::LeaseRevoke(_) => "lease_revoke",
             Request::LeaseCheckpoint(_) => "lease_checkpoint",
             Request::Alarm(_) => "alarm",
+            Request::Downgrade(_) => "downgrade",
         };
         write!(f, "{kind}#{}", self.header.id)
     }
@@ -78,6 +82,7 @@ impl RaftCommand {
             Request::LeaseRevoke(r) => r.encoded_len(),
             Request::LeaseCheckpoint(r) => r.encoded_len(),
             Request::Alarm(r) => r.encoded_len(),
+            Request::Downgrade(r) => r.encoded_len(),
         };
         // field key + length prefix of the request, plus the header message
         // (2-byte key for field 100, its length, and the id as a varint).
@@ -98,6 +103,7 @@ pub enum Response {
     LeaseRevoke(#[serde(with = "pb")] LeaseRevokeResponse),
     LeaseCheckpoint(#[serde(with = "pb")] LeaseCheckpointResponse),
     Alarm(#[serde(with = "pb")] AlarmResponse),
+    Downgrade(#[serde(with = "pb")] DowngradeResponse),
 }
 
 /// What apply produced for one entry. A client-caused failure is a *result* (the same on every

@@ -4,6 +4,7 @@
 pub mod alarms;
 pub mod applier;
 pub mod command;
+pub mod downgrade;
 pub mod execute;
 pub mod txn;
 pub mod watch_feed;

@@ -47,8 +47,8 @@ impl MvccStore {
         crc.update(KEY_BUCKET_NAME);
         let end = Revision::row_key_floor(at.saturating_add(1));
         crate::storage::try_scan(self.engine.as_ref(), KV_TABLE, &[], Some(&end), &mut |k, v| {
-            let (row, _tombstone) = Revision::from_row_key(k)?;
-            if counts(row, compacted, &keep) {
+            let (row, tombstone) = Revision::from_row_key(k)?;
+            if counts(row, tombstone, compacted, &keep) {
                 crc.update(k);
                 crc.update(v);
             }
@@ -58,11 +58,15 @@ impl MvccStore {
     }
 }
 
-/// etcd's `kvHasher.WriteKeyValue` filter for a row at or below the hashed revision: rows at or
-/// below the compaction count only if compaction at the hashed revision would keep them.
-/// Quirk kept from etcd: when nothing at all would be kept (`keep` empty) every row counts, so
-/// rows a compaction left behind (a tombstone at the compaction revision) enter the hash then.
-fn counts(row: Revision, compacted: i64, keep: &HashSet<Revision>) -> bool {
+/// etcd 3.5.16's `kvHasher.WriteKeyValue` filter for a row at or below the hashed revision:
+/// - rows at or below the compaction count only if compaction at the hashed revision would keep
+///   them; quirk kept from etcd: when nothing at all would be kept (`keep` empty) they all count;
+/// - a tombstone exactly at the compaction revision never counts: 3.5.16 keeps that row where
+///   3.5.15 deleted it, and skips it so both releases hash alike.
+fn counts(row: Revision, tombstone: bool, compacted: i64, keep: &HashSet<Revision>) -> bool {
+    if tombstone && row.main == compacted {
+        return false;
+    }
     row.main > compacted || keep.is_empty() || keep.contains(&row)
 }
 
@@ -154,12 +158,25 @@ mod tests {
 
     #[test]
     fn nothing_to_keep_means_every_row_counts() {
-        // etcd's `len(keep) > 0` condition: with no live key at the hashed revision, the
-        // tombstone a compaction at its revision left behind is hashed too.
+        // etcd's `len(keep) > 0` condition: with no live key at the hashed revision, the value a
+        // compaction kept is hashed although the key was deleted since.
         let s = MvccStore::open(Arc::new(MemEngine::default())).unwrap();
         put(&s, "a", "1");
+        s.compact(2, true).unwrap().wait().unwrap();
         delete(&s, "a");
+        assert_eq!(s.hash_kv(0).unwrap().hash, expected(&s, &[(2, false), (3, true)]));
+        // With another key alive, keep is not empty and the deleted key's value is skipped.
+        put(&s, "b", "1");
+        assert_eq!(s.hash_kv(0).unwrap().hash, expected(&s, &[(3, true), (4, false)]));
+    }
+
+    #[test]
+    fn a_tombstone_at_the_compaction_revision_never_counts() {
+        // etcd 3.5.16 after `put x 1; del x; compact 3`: hash 1084519789, just "key".
+        let s = MvccStore::open(Arc::new(MemEngine::default())).unwrap();
+        put(&s, "x", "1");
+        delete(&s, "x");
         s.compact(3, true).unwrap().wait().unwrap();
-        assert_eq!(s.hash_kv(0).unwrap().hash, expected(&s, &[(3, true)]));
+        assert_eq!(s.hash_kv(0).unwrap().hash, 1_084_519_789);
     }
 }

@@ -1,0 +1,317 @@
+//! Maintenance against etcd 3.5.16: the same requests on a fresh etcd and a fresh Keel must give
+//! the same answers.
+//! - `etcdctl endpoint hashkv`: the same history gives the same hash (our key rows are etcd's byte
+//!   for byte), before and after a compaction, at a past revision, and etcd's errors out of range;
+//! - alarms: `alarm list` / `alarm disarm` on a healthy member, and a member with a small
+//!   `--quota-backend-bytes` filled until NOSPACE (error text, `alarm list`, Status errors, what is
+//!   refused and what is still served, `endpoint health`, disarm), the alarm surviving a restart;
+//! - `etcdctl defrag` output;
+//! - Downgrade validate/enable/cancel (etcdctl 3.5 has no downgrade command: gRPC directly);
+//! - `etcdctl check perf --load=s` (a minute per server: only with `KEEL_SOAK=1`).
+
+use std::time::Duration;
+
+use compat_tests::etcdctl::{cmd, cmd_args, run_case, run_cmd, Case, CmdOutput};
+use compat_tests::server::{connect, Server, ServerKind};
+use keel::proto::etcdserverpb::downgrade_request::DowngradeAction;
+use keel::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel::proto::etcdserverpb::{DowngradeRequest, HashKvRequest, PutRequest, StatusRequest};
+use tonic::transport::Channel;
+
+/// Runs `case` on a fresh etcd and a fresh Keel (each started with `flags`) and requires the same
+/// masked outputs; returns both servers for further checks.
+async fn same_on_both(case: &Case, flags: &[&str]) -> (Server, Server) {
+    let (etcd, keel) =
+        tokio::join!(Server::start_with(ServerKind::Etcd, flags), Server::start_with(ServerKind::Keel, flags));
+    let (etcd, keel) = (etcd.expect("start etcd"), keel.expect("start keel"));
+    compare_case(case, &etcd, &keel).await;
+    (etcd, keel)
+}
+
+async fn compare_case(case: &Case, etcd: &Server, keel: &Server) {
+    let (want, got) = tokio::join!(run_case(etcd, case), run_case(keel, case));
+    let (want, got) = (want.expect("etcdctl on etcd"), got.expect("etcdctl on keel"));
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(
+            g,
+            w,
+            "case `{}`: command {} (etcdctl {}) differs (left keel, right etcd)\n--- keel log ---\n{}",
+            case.name,
+            i + 1,
+            case.cmds[i].args.join(" "),
+            keel.log_tail(15)
+        );
+    }
+}
+
+async fn maintenance(server: &Server) -> MaintenanceClient<Channel> {
+    MaintenanceClient::new(connect(&server.endpoint()).await.expect("connect"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hashkv_equals_etcds_for_the_same_history() {
+    let case = Case {
+        name: "hashkv",
+        cmds: vec![
+            cmd("endpoint hashkv -w json"),
+            cmd("put a 1"),                                                    // 2
+            cmd("put b 2"),                                                    // 3
+            cmd("put a 3"),                                                    // 4
+            cmd("del b"),                                                      // 5
+            cmd("put c 4"),                                                    // 6
+            cmd("put a 5"),                                                    // 7
+            cmd_args(&["put", "spaced key", "a value with\ttabs and \u{e9}"]), // 8
+            cmd("endpoint hashkv -w json"),
+            cmd("endpoint hashkv --rev=4 -w json"),
+            cmd("compact 5 --physical"),
+            cmd("endpoint hashkv -w json"),
+            cmd("endpoint hashkv --rev=6 -w json"),
+            cmd("endpoint hashkv --rev=8"),
+            cmd("endpoint hashkv --rev=3"),
+            cmd("endpoint hashkv --rev=100"),
+            cmd("put c 9"),
+            cmd("endpoint hashkv"),
+        ],
+    };
+    let (etcd, keel) = same_on_both(&case, &[]).await;
+    // The gRPC answer too: hash, compact revision and the hashed revision field.
+    for rev in [0, 6] {
+        let want = maintenance(&etcd).await.hash_kv(HashKvRequest { revision: rev }).await.expect("etcd").into_inner();
+        let got = maintenance(&keel).await.hash_kv(HashKvRequest { revision: rev }).await.expect("keel").into_inner();
+        assert_eq!(
+            (got.hash, got.compact_revision, got.hash_revision, got.header.map(|h| h.revision)),
+            (want.hash, want.compact_revision, want.hash_revision, want.header.map(|h| h.revision)),
+            "HashKV at {rev} (left keel, right etcd)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hashkv_counts_every_row_when_compaction_keeps_nothing() {
+    // etcd's quirks: a tombstone at the compaction revision never counts; with no key alive at
+    // the hashed revision, a value the compaction kept counts though its key was deleted since.
+    let case = Case {
+        name: "hashkv-empty-keep",
+        cmds: vec![
+            cmd("put x 1"),
+            cmd("del x"),
+            cmd("compact 3 --physical"),
+            cmd("endpoint hashkv -w json"),
+            cmd("put y 1"), // 4
+            cmd("endpoint hashkv -w json"),
+            cmd("compact 4 --physical"),
+            cmd("del y"), // 5
+            cmd("endpoint hashkv -w json"),
+            cmd("put z 1"),
+            cmd("endpoint hashkv -w json"),
+        ],
+    };
+    same_on_both(&case, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alarms_and_defrag_on_a_healthy_member() {
+    let case = Case {
+        name: "alarm-defrag",
+        cmds: vec![
+            cmd("alarm list"),
+            cmd("alarm list -w json"),
+            cmd("alarm disarm"),
+            cmd("put k v"),
+            cmd("defrag"),
+            cmd("get k"),
+            cmd("defrag -w json"),
+            cmd("endpoint health"),
+        ],
+    };
+    same_on_both(&case, &[]).await;
+}
+
+/// Put 20 KB values until the server refuses; returns how many were accepted and the refusal.
+async fn fill_until_refused(server: &Server) -> (usize, tonic::Status) {
+    let mut kv = server.kv().await.expect("kv client");
+    let value = vec![b'x'; 20_000];
+    for i in 0..400 {
+        let put = PutRequest { key: format!("fill/{i:04}").into_bytes(), value: value.clone(), ..Default::default() };
+        if let Err(status) = kv.put(put).await {
+            return (i, status);
+        }
+    }
+    panic!("{} accepted 400 puts of 20 KB under a 1 MB quota", server.kind());
+}
+
+/// The `errors` a Status reports.
+async fn status_errors(server: &Server) -> Vec<String> {
+    maintenance(server).await.status(StatusRequest {}).await.expect("status").into_inner().errors
+}
+
+/// Member ids differ between the servers; compare the alarm texts with them masked.
+fn mask_members(texts: &[String], member: u64) -> Vec<String> {
+    texts.iter().map(|t| t.replace(&member.to_string(), "<member>")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_quota_raises_nospace_as_etcd_does() {
+    let quota = ["--quota-backend-bytes=1000000"];
+    let (etcd, keel) =
+        tokio::join!(Server::start_with(ServerKind::Etcd, &quota), Server::start_with(ServerKind::Keel, &quota));
+    let (etcd, mut keel) = (etcd.expect("start etcd"), keel.expect("start keel"));
+    let ((etcd_n, etcd_refusal), (keel_n, keel_refusal)) =
+        tokio::join!(fill_until_refused(&etcd), fill_until_refused(&keel));
+    eprintln!("accepted before NOSPACE: etcd {etcd_n}, keel {keel_n} (sizes differ by engine)");
+    assert_eq!(
+        (keel_refusal.code(), keel_refusal.message()),
+        (etcd_refusal.code(), etcd_refusal.message()),
+        "the refusal (left keel, right etcd)"
+    );
+
+    let member = |s: &Server| {
+        let s = s.endpoint();
+        async move {
+            let mut m = MaintenanceClient::new(connect(&s).await.expect("connect"));
+            m.status(StatusRequest {}).await.expect("status").into_inner().header.expect("header").member_id
+        }
+    };
+    let (etcd_id, keel_id) = (member(&etcd).await, member(&keel).await);
+    assert_eq!(
+        mask_members(&status_errors(&keel).await, keel_id),
+        mask_members(&status_errors(&etcd).await, etcd_id),
+        "Status errors (left keel, right etcd)"
+    );
+
+    let while_full = Case {
+        name: "nospace",
+        cmds: vec![
+            cmd("alarm list"),
+            cmd("put x y"),
+            cmd("get fill/0000 --keys-only"),
+            cmd("del fill/0000"),
+            cmd("lease grant 100"),
+            cmd_args(&["txn"]).stdin("\n\nput t 1\n\n"),
+            cmd_args(&["txn"]).stdin("\n\ndel fill/0001\n\n"),
+            cmd("compact 3"),
+            cmd("endpoint health"),
+        ],
+    };
+    let masked = |outs: Vec<CmdOutput>, id: u64| -> Vec<CmdOutput> {
+        outs.into_iter()
+            .map(|mut o| {
+                o.stdout = o.stdout.replace(&id.to_string(), "<member>");
+                o.stderr = o.stderr.replace(&id.to_string(), "<member>");
+                o
+            })
+            .collect()
+    };
+    let compare =
+        |name: &'static str, want: Vec<CmdOutput>, got: Vec<CmdOutput>, cmds: &[compat_tests::etcdctl::Cmd]| {
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(g, w, "case `{name}`: etcdctl {} differs (left keel, right etcd)", cmds[i].args.join(" "));
+            }
+        };
+    let (want, got) = tokio::join!(run_case(&etcd, &while_full), run_case(&keel, &while_full));
+    compare(
+        while_full.name,
+        masked(want.expect("etcd"), etcd_id),
+        masked(got.expect("keel"), keel_id),
+        &while_full.cmds,
+    );
+
+    // The alarm is replicated state: it survives a restart.
+    keel.restart().await.expect("restart keel");
+    let after_restart = run_cmd(&keel, &cmd("alarm list")).await.expect("alarm list");
+    assert_eq!(after_restart.stdout.replace(&keel_id.to_string(), "<member>"), "memberID:<member> alarm:NOSPACE \n");
+
+    // Disarming lists what was deactivated; the database is still too big, so the next put
+    // raises the alarm again on both.
+    let disarm =
+        Case { name: "disarm", cmds: vec![cmd("alarm disarm"), cmd("alarm list"), cmd("put x y"), cmd("alarm list")] };
+    let (want, got) = tokio::join!(run_case(&etcd, &disarm), run_case(&keel, &disarm));
+    compare(disarm.name, masked(want.expect("etcd"), etcd_id), masked(got.expect("keel"), keel_id), &disarm.cmds);
+}
+
+/// A Downgrade answer reduced to what a client can compare: the version or the error.
+async fn downgrade(server: &Server, action: i32, version: &str) -> Result<String, (tonic::Code, String)> {
+    let req = DowngradeRequest { action, version: version.to_string() };
+    match maintenance(server).await.downgrade(req).await {
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            Ok(format!("version {:?}, header revision {:?}", resp.version, resp.header.map(|h| h.revision)))
+        }
+        Err(status) => Err((status.code(), status.message().to_string())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn downgrade_answers_as_etcd() {
+    let (etcd, keel) = tokio::join!(Server::start(ServerKind::Etcd), Server::start(ServerKind::Keel));
+    let (etcd, keel) = (etcd.expect("start etcd"), keel.expect("start keel"));
+    let validate = DowngradeAction::Validate as i32;
+    let enable = DowngradeAction::Enable as i32;
+    let cancel = DowngradeAction::Cancel as i32;
+    let steps: &[(i32, &str)] = &[
+        (validate, "3.4"),
+        (validate, "3.4.0"),
+        (validate, "3.4.7-rc.1"),
+        (validate, "3.5"),
+        (validate, "3.6.0"),
+        (validate, "2.4"),
+        (validate, "abc"),
+        (validate, ""),
+        (validate, "v3.4"),
+        (cancel, ""),
+        (enable, "3.3"),
+        (enable, "bad"),
+        (enable, "3.4"),
+        (validate, "3.4"),
+        (enable, "3.4"),
+        (cancel, ""),
+        (cancel, ""),
+        (validate, "3.4"),
+        (7, "3.4"),
+    ];
+    for (action, version) in steps {
+        let want = downgrade(&etcd, *action, version).await;
+        let got = downgrade(&keel, *action, version).await;
+        assert_eq!(got, want, "Downgrade action {action} version {version:?} (left keel, right etcd)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_perf_small_load_passes_as_on_etcd() {
+    if std::env::var("KEEL_SOAK").as_deref() != Ok("1") {
+        eprintln!("skipped: `etcdctl check perf` runs a minute per server (set KEEL_SOAK=1)");
+        return;
+    }
+    let (etcd, keel) = tokio::join!(Server::start(ServerKind::Etcd), Server::start(ServerKind::Keel));
+    let (etcd, keel) = (etcd.expect("start etcd"), keel.expect("start keel"));
+    // One at a time: they share two cores and the check measures throughput.
+    let want = check_perf(&etcd).await;
+    let got = check_perf(&keel).await;
+    eprintln!("etcd:\n{}{}\nkeel:\n{}{}", want.stdout, want.stderr, got.stdout, got.stderr);
+    assert_eq!(got.exit_code, want.exit_code, "exit code (left keel, right etcd)");
+    let verdicts = |o: &CmdOutput| -> Vec<String> {
+        o.stdout.lines().filter(|l| l.starts_with("PASS") || l.starts_with("FAIL")).map(verdict_kind).collect()
+    };
+    assert_eq!(verdicts(&got), verdicts(&want), "check perf verdicts (left keel, right etcd)");
+}
+
+/// `etcdctl check perf --load=s`: about a minute, longer than the harness's etcdctl deadline.
+async fn check_perf(server: &Server) -> CmdOutput {
+    let run = tokio::process::Command::new(compat_tests::server::etcdctl_path())
+        .arg(format!("--endpoints={}", server.client_addr()))
+        .args(["check", "perf", "--load=s"])
+        .env("ETCDCTL_API", "3")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("check perf finished").expect("etcdctl");
+    CmdOutput {
+        exit_code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// "PASS: Throughput is 150 writes/s" → "PASS: Throughput": the measured numbers differ.
+fn verdict_kind(line: &str) -> String {
+    line.split(" is ").next().unwrap_or(line).split(" took").next().unwrap_or(line).to_string()
+}
