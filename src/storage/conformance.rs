@@ -362,7 +362,7 @@ fn defragment_under_writes(kind: EngineKind) {
         }
         e.sync().unwrap();
         for i in 0u32..2000 {
-            if i % 10 != 0 {
+            if !i.is_multiple_of(10) {
                 del(&*e, "kv", &i.to_be_bytes());
             }
         }
@@ -377,7 +377,7 @@ fn defragment_under_writes(kind: EngineKind) {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 50 {
                     let mut b = WriteBatch::new();
                     b.put("meta", format!("w/{n:06}").into_bytes(), n.to_be_bytes());
-                    if n % 7 == 0 {
+                    if n.is_multiple_of(7) {
                         b.delete("kv", (n * 10 % 2000).to_be_bytes());
                     }
                     e.write(b).unwrap();
@@ -409,8 +409,8 @@ fn check_after_defrag(e: &dyn Engine, written: u32) {
         assert_eq!((k.clone(), v.clone()), (format!("w/{n:06}").into_bytes(), (n as u32).to_be_bytes().to_vec()));
     }
     let deleted_meanwhile: std::collections::HashSet<u32> =
-        (0..written).filter(|n| n % 7 == 0).map(|n| n * 10 % 2000).collect();
-    let expected: Vec<u32> = (0u32..2000).filter(|i| i % 10 == 0 && !deleted_meanwhile.contains(i)).collect();
+        (0..written).filter(|n| n.is_multiple_of(7)).map(|n| n * 10 % 2000).collect();
+    let expected: Vec<u32> = (0u32..2000).filter(|i| i.is_multiple_of(10) && !deleted_meanwhile.contains(i)).collect();
     let kv = scan(e, "kv", b"", None);
     let got: Vec<u32> = kv.iter().map(|(k, _)| u32::from_be_bytes(k.as_slice().try_into().unwrap())).collect();
     assert_eq!(got, expected);
