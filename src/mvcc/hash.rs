@@ -4,6 +4,7 @@
 //! `"kv"` rows are byte for byte etcd's, so for the same history the hash equals real etcd's.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use super::revision::Revision;
 use super::{MvccStore, KV_TABLE};
@@ -29,6 +30,10 @@ impl MvccStore {
     /// Hash the key-value history up to `rev` (0 = current). Errors as etcd: a revision below the
     /// compaction is `Compacted`, one past the current revision `FutureRevision`.
     pub fn hash_kv(&self, rev: i64) -> Result<KvHash> {
+        // etcd looks in its compaction hashes first, with the revision as asked (0 never matches).
+        if let Some(stored) = self.compactor.hashes().get(rev) {
+            return Ok(KvHash { current_revision: self.current_revision(), ..stored });
+        }
         // No compaction may start while we scan: it would delete rows the hash counts. Writes go
         // on; their rows lie above `rev` and are skipped.
         let _no_compaction = self.hash_gate.lock().unwrap_or_else(|p| p.into_inner());
@@ -43,18 +48,72 @@ impl MvccStore {
             let at = if rev == 0 { st.current } else { rev };
             (st.compacted, st.current, at, st.index.keep(at))
         };
-        let mut crc = Crc32c::default();
-        crc.update(KEY_BUCKET_NAME);
+        let mut hasher = KvHasher::new(compacted, at, &keep);
         let end = Revision::row_key_floor(at.saturating_add(1));
         crate::storage::try_scan(self.engine.as_ref(), KV_TABLE, &[], Some(&end), &mut |k, v| {
-            let (row, tombstone) = Revision::from_row_key(k)?;
-            if counts(row, tombstone, compacted, &keep) {
-                crc.update(k);
-                crc.update(v);
-            }
+            hasher.row(k, v)?;
             Ok::<_, Error>(true)
         })?;
-        Ok(KvHash { hash: crc.finish(), compact_revision: compacted, hash_revision: at, current_revision: current })
+        Ok(KvHash { current_revision: current, ..hasher.finish() })
+    }
+}
+
+/// etcd's `kvHasher`: fed the key rows in order, hashes those [`counts`] admits.
+pub(crate) struct KvHasher<'a> {
+    crc: Crc32c,
+    compacted: i64,
+    at: i64,
+    keep: &'a HashSet<Revision>,
+}
+
+impl<'a> KvHasher<'a> {
+    pub(crate) fn new(compacted: i64, at: i64, keep: &'a HashSet<Revision>) -> Self {
+        let mut crc = Crc32c::default();
+        crc.update(KEY_BUCKET_NAME);
+        KvHasher { crc, compacted, at, keep }
+    }
+
+    pub(crate) fn row(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let (row, tombstone) = Revision::from_row_key(key)?;
+        if row.main <= self.at && counts(row, tombstone, self.compacted, self.keep) {
+            self.crc.update(key);
+            self.crc.update(value);
+        }
+        Ok(())
+    }
+
+    /// The hash; `current_revision` is left 0 for the caller to fill.
+    pub(crate) fn finish(&self) -> KvHash {
+        KvHash {
+            hash: self.crc.finish(),
+            compact_revision: self.compacted,
+            hash_revision: self.at,
+            current_revision: 0,
+        }
+    }
+}
+
+/// etcd's `hashStorage`: the hashes its compactions computed, the last ten, by revision. A HashKV
+/// at exactly one of those revisions answers the stored hash (with the compaction revision before
+/// that compaction), not a fresh one — which differs, since the stored one also counted the rows
+/// that compaction deleted.
+#[derive(Default)]
+pub(crate) struct HashCache(Mutex<Vec<KvHash>>);
+
+impl HashCache {
+    /// etcd's `hashStorageMaxSize`.
+    const MAX: usize = 10;
+
+    pub(crate) fn store(&self, hash: KvHash) {
+        let mut hashes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        hashes.push(hash);
+        hashes.sort_by_key(|h| h.hash_revision);
+        let excess = hashes.len().saturating_sub(Self::MAX);
+        hashes.drain(..excess);
+    }
+
+    fn get(&self, rev: i64) -> Option<KvHash> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|h| h.hash_revision == rev).copied()
     }
 }
 
@@ -120,9 +179,10 @@ mod tests {
         delete(&s, "b");
         s.compact(4, true).unwrap().wait().unwrap();
         assert!(matches!(s.hash_kv(3), Err(Error::Compacted)));
-        // At the compaction revision itself the hash is allowed and reports the compaction.
+        // At the compaction revision itself the answer is the hash the compaction stored, which
+        // reports the compaction before it (none: -1), as etcd's hashStorage does.
         let h = s.hash_kv(4).unwrap();
-        assert_eq!((h.compact_revision, h.hash_revision), (4, 4));
+        assert_eq!((h.compact_revision, h.hash_revision, h.current_revision), (-1, 4, 5));
     }
 
     /// CRC-32C of "key" and the named rows as the engine holds them.
@@ -147,13 +207,21 @@ mod tests {
         }
         delete(&s, "b"); // 8
         put(&s, "c", "x"); // 9
+        let at7_before = s.hash_kv(7).unwrap();
         s.compact(7, true).unwrap().wait().unwrap();
         // Left at or below 7: a@6 and b@7. At revision 9, compaction would keep a@6 but not b@7
         // (b was deleted at 8), so b@7 is skipped though its row still exists.
         let h = s.hash_kv(0).unwrap();
         assert_eq!(h.hash, expected(&s, &[(6, false), (8, true), (9, false)]));
-        // Hashing at 7 keeps both.
-        assert_eq!(s.hash_kv(7).unwrap().hash, expected(&s, &[(6, false), (7, false)]));
+        // At 7 the compaction's stored hash answers: it counted every row up to 7 as it went,
+        // like a hash taken just before.
+        assert_eq!(s.hash_kv(7).unwrap().hash, at7_before.hash);
+        // A second compaction hashes from the first on: rows at or below 7 count only if kept.
+        s.compact(8, true).unwrap().wait().unwrap();
+        let h8 = s.hash_kv(8).unwrap();
+        assert_eq!(h8.compact_revision, 7);
+        // Of the rows it saw, b@7 is below the first compaction and not kept by this one.
+        assert_eq!(h8.hash, expected(&s, &[(6, false), (8, true)]));
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl MvccStore {
                 st.compacted = rev;
                 st.index.compact(rev)
             };
-            store.compactor.start(store.engine.clone(), rev, keep);
+            store.compactor.start(store.engine.clone(), rev, compacted, keep);
         }
         Ok(store)
     }
@@ -203,12 +203,12 @@ impl MvccStore {
         let mut batch = WriteBatch::default();
         batch.put(META_TABLE, SCHEDULED_COMPACT_KEY, encode_meta_rev(rev));
         self.engine.write(batch)?;
-        let keep = {
+        let (previous, keep) = {
             let mut st = self.write_state();
-            st.compacted = rev;
-            st.index.compact(rev)
+            let previous = std::mem::replace(&mut st.compacted, rev);
+            (previous, st.index.compact(rev))
         };
-        Ok(self.compactor.start(self.engine.clone(), rev, keep))
+        Ok(self.compactor.start(self.engine.clone(), rev, previous, keep))
     }
 
     /// Stop background row deletion and wait until it has stopped. Call before anything else
