@@ -443,3 +443,109 @@ async fn defragment_under_write_load_loses_nothing_and_gives_space_back() {
         keel_run.size_after
     );
 }
+
+/// An Alarm answer reduced to what compares across servers: (member is self, alarm type) pairs.
+async fn alarm(server: &Server, me: u64, action: i32, member: u64, alarm: i32) -> Result<Vec<(bool, i32)>, String> {
+    use keel::proto::etcdserverpb::AlarmRequest;
+    let req = AlarmRequest { action, member_id: member, alarm };
+    match maintenance(server).await.alarm(req).await {
+        Ok(resp) => Ok(resp.into_inner().alarms.iter().map(|a| (a.member_id == me, a.alarm)).collect()),
+        Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+/// What each kind of request answers while the alarms stand, as (operation, outcome) pairs.
+async fn writes_under_alarm(server: &Server) -> Vec<(&'static str, String)> {
+    use keel::proto::etcdserverpb::{
+        request_op, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, RangeRequest,
+        RequestOp, TxnRequest,
+    };
+    fn outcome<T>(r: Result<tonic::Response<T>, tonic::Status>) -> String {
+        match r {
+            Ok(_) => "ok".to_string(),
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+        }
+    }
+    let mut kv = server.kv().await.expect("kv");
+    let mut lease = server.lease().await.expect("lease");
+    let put = PutRequest { key: b"p".to_vec(), value: b"v".to_vec(), ..Default::default() };
+    let del_op = RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key: b"zz".to_vec(),
+            ..Default::default()
+        })),
+    };
+    let put_op = RequestOp { request: Some(request_op::Request::RequestPut(put.clone())) };
+    vec![
+        ("put", outcome(kv.put(put.clone()).await)),
+        ("range", outcome(kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await)),
+        ("delete", outcome(kv.delete_range(DeleteRangeRequest { key: b"k".to_vec(), ..Default::default() }).await)),
+        ("txn without puts", outcome(kv.txn(TxnRequest { success: vec![del_op], ..Default::default() }).await)),
+        ("txn with a put", outcome(kv.txn(TxnRequest { failure: vec![put_op], ..Default::default() }).await)),
+        ("compact", outcome(kv.compact(CompactionRequest { revision: 2, physical: false }).await)),
+        ("lease grant", outcome(lease.lease_grant(LeaseGrantRequest { id: 77, ttl: 60 }).await)),
+        ("lease revoke", outcome(lease.lease_revoke(LeaseRevokeRequest { id: 78 }).await)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alarm_rpc_and_gated_writes_match_etcd() {
+    use keel::proto::etcdserverpb::alarm_request::AlarmAction;
+    use keel::proto::etcdserverpb::{AlarmType, LeaseGrantRequest};
+    let (etcd, keel) = tokio::join!(Server::start(ServerKind::Etcd), Server::start(ServerKind::Keel));
+    let (etcd, keel) = (etcd.expect("start etcd"), keel.expect("start keel"));
+    let (get, on, off) = (AlarmAction::Get as i32, AlarmAction::Activate as i32, AlarmAction::Deactivate as i32);
+    let (none, nospace, corrupt) = (AlarmType::None as i32, AlarmType::Nospace as i32, AlarmType::Corrupt as i32);
+    for server in [&etcd, &keel] {
+        let mut kv = server.kv().await.expect("kv");
+        kv.put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.expect("put");
+        let mut lease = server.lease().await.expect("lease");
+        lease.lease_grant(LeaseGrantRequest { id: 78, ttl: 60 }).await.expect("grant");
+    }
+    let id = |s: &Server| {
+        let endpoint = s.endpoint();
+        async move {
+            let mut m = MaintenanceClient::new(connect(&endpoint).await.expect("connect"));
+            m.status(StatusRequest {}).await.expect("status").into_inner().header.expect("header").member_id
+        }
+    };
+    let (etcd_id, keel_id) = (id(&etcd).await, id(&keel).await);
+    // (action, member: true = this member, false = member 42, alarm); then which writes pass.
+    let steps: &[(i32, bool, i32)] = &[
+        (get, true, none),
+        (on, true, none),
+        (off, true, nospace),
+        (on, true, nospace),
+        (on, true, nospace),
+        (on, false, corrupt),
+        (get, true, none),
+        (get, true, corrupt),
+        (get, true, nospace),
+    ];
+    for &(action, mine, kind) in steps {
+        let want = alarm(&etcd, etcd_id, action, if mine { etcd_id } else { 42 }, kind).await;
+        let got = alarm(&keel, keel_id, action, if mine { keel_id } else { 42 }, kind).await;
+        assert_eq!(got, want, "Alarm action {action} alarm {kind} (left keel, right etcd)");
+    }
+    let (want, got) = (writes_under_alarm(&etcd).await, writes_under_alarm(&keel).await);
+    assert_eq!(got, want, "writes under NOSPACE + CORRUPT (left keel, right etcd)");
+    for (action, mine, kind) in [(off, false, corrupt), (get, true, none)] {
+        let want = alarm(&etcd, etcd_id, action, if mine { etcd_id } else { 42 }, kind).await;
+        let got = alarm(&keel, keel_id, action, if mine { keel_id } else { 42 }, kind).await;
+        assert_eq!(got, want, "Alarm action {action} alarm {kind} (left keel, right etcd)");
+    }
+    let (want, got) = (writes_under_alarm(&etcd).await, writes_under_alarm(&keel).await);
+    assert_eq!(got, want, "writes under NOSPACE (left keel, right etcd)");
+    alarm(&etcd, etcd_id, off, etcd_id, nospace).await.expect("disarm etcd");
+    alarm(&keel, keel_id, off, keel_id, nospace).await.expect("disarm keel");
+    let (want, got) = (writes_under_alarm(&etcd).await, writes_under_alarm(&keel).await);
+    assert_eq!(got, want, "writes after disarming (left keel, right etcd)");
+    // etcd keeps one applier: CORRUPT then NOSPACE leaves only the capped one in place.
+    for (action, mine, kind) in [(on, false, corrupt), (on, true, nospace), (get, true, none)] {
+        let want = alarm(&etcd, etcd_id, action, if mine { etcd_id } else { 42 }, kind).await;
+        let got = alarm(&keel, keel_id, action, if mine { keel_id } else { 42 }, kind).await;
+        assert_eq!(got, want, "Alarm action {action} alarm {kind} (left keel, right etcd)");
+    }
+    let (want, got) = (writes_under_alarm(&etcd).await, writes_under_alarm(&keel).await);
+    assert_eq!(got, want, "writes after CORRUPT then NOSPACE (left keel, right etcd)");
+}

@@ -22,6 +22,18 @@ const ALARM_TABLE: Table = "alarm";
 #[derive(Default)]
 pub struct Alarms {
     active: RwLock<BTreeSet<(i32, u64)>>,
+    gate: RwLock<Gate>,
+}
+
+/// Which of etcd's applier wrappers is in place. etcd keeps ONE applier and replaces it on every
+/// alarm change, which this reproduces (quirks, pinned by `gate_follows_etcds_applier_swaps`):
+/// activating NOSPACE or CORRUPT installs that wrapper alone over the plain applier, dropping
+/// the other; deactivating the last alarm of a type installs the plain applier even if an alarm
+/// of the other type stands. Only a restart (or a raft snapshot) stacks both, from the list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Gate {
+    capped: bool,
+    corrupt: bool,
 }
 
 /// What applying one AlarmRequest changes, once its batch is written.
@@ -29,6 +41,7 @@ pub struct Alarms {
 pub struct AlarmChange {
     add: Option<(i32, u64)>,
     remove: Option<(i32, u64)>,
+    gate: Option<Gate>,
 }
 
 impl Alarms {
@@ -47,7 +60,13 @@ impl Alarms {
             loaded.insert((m.alarm, m.member_id));
             Ok::<_, Error>(true)
         })?;
+        // etcd's `restoreAlarms`: the capped wrapper for NOSPACE, then the corrupt one over it.
+        let gate = Gate {
+            capped: loaded.iter().any(|(t, _)| *t == AlarmType::Nospace as i32),
+            corrupt: loaded.iter().any(|(t, _)| *t == AlarmType::Corrupt as i32),
+        };
         *self.active.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        *self.gate.write().unwrap_or_else(|p| p.into_inner()) = gate;
         Ok(())
     }
 
@@ -61,10 +80,6 @@ impl Alarms {
             .collect()
     }
 
-    fn is_active(&self, alarm: AlarmType) -> bool {
-        self.active.read().unwrap_or_else(|p| p.into_inner()).iter().any(|(t, _)| *t == alarm as i32)
-    }
-
     /// Apply an AlarmRequest as etcd's `applierV3backend.Alarm` does, staging the row changes in
     /// `batch`: GET lists; ACTIVATE answers the (new or already present) alarm and ignores `NONE`;
     /// DEACTIVATE answers the alarm it removed, nothing if it was not active. Call
@@ -72,7 +87,10 @@ impl Alarms {
     pub fn stage(&self, batch: &mut WriteBatch, req: &AlarmRequest) -> (Vec<AlarmMember>, AlarmChange) {
         let entry = (req.alarm, req.member_id);
         let member = AlarmMember { member_id: req.member_id, alarm: req.alarm };
-        let present = self.active.read().unwrap_or_else(|p| p.into_inner()).contains(&entry);
+        let (present, others_of_type) = {
+            let active = self.active.read().unwrap_or_else(|p| p.into_inner());
+            (active.contains(&entry), active.iter().any(|e| e.0 == req.alarm && *e != entry))
+        };
         let mut change = AlarmChange::default();
         let answer = match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => self.get(req.alarm),
@@ -82,11 +100,19 @@ impl Alarms {
                     batch.put(ALARM_TABLE, member.encode_to_vec(), Vec::new());
                     change.add = Some(entry);
                 }
+                let capped = req.alarm == AlarmType::Nospace as i32;
+                let corrupt = req.alarm == AlarmType::Corrupt as i32;
+                if capped || corrupt {
+                    change.gate = Some(Gate { capped, corrupt });
+                }
                 vec![member]
             }
             Ok(AlarmAction::Deactivate) if present => {
                 batch.delete(ALARM_TABLE, member.encode_to_vec());
                 change.remove = Some(entry);
+                if !others_of_type {
+                    change.gate = Some(Gate::default());
+                }
                 vec![member]
             }
             Ok(AlarmAction::Deactivate) => Vec::new(),
@@ -105,14 +131,19 @@ impl Alarms {
         if let Some(e) = change.remove {
             active.remove(&e);
         }
+        if let Some(gate) = change.gate {
+            *self.gate.write().unwrap_or_else(|p| p.into_inner()) = gate;
+        }
     }
 
-    /// The error apply answers `request` with while an alarm is active, if any: with CORRUPT,
+    /// The error apply answers `request` with while an alarm's applier is in place, if any (see
+    /// [`Gate`] for when that differs from the alarm list): with CORRUPT,
     /// every write (etcd's `applierV3Corrupt`); with NOSPACE, what would take space: Put, a Txn
     /// with a put among its top-level operations, LeaseGrant (etcd's `applierV3Capped`).
     /// Deletes, compactions and revokes stay allowed under NOSPACE because they free space.
     pub fn refuse(&self, request: &Request) -> Option<Error> {
-        if self.is_active(AlarmType::Corrupt) {
+        let gate = *self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if gate.corrupt {
             let write = matches!(
                 request,
                 Request::Put(_)
@@ -126,7 +157,7 @@ impl Alarms {
                 return Some(Error::Corrupt);
             }
         }
-        if self.is_active(AlarmType::Nospace) {
+        if gate.capped {
             let takes_space = match request {
                 Request::Put(_) | Request::LeaseGrant(_) => true,
                 Request::Txn(txn) => txn_has_puts(txn),
@@ -207,10 +238,38 @@ mod tests {
         }
         assert!(a.refuse(&del).is_none());
         assert!(a.refuse(&txn_del).is_none());
-        apply(&a, &e, req(AlarmAction::Activate, 1, AlarmType::Corrupt));
-        assert!(matches!(a.refuse(&del), Some(Error::Corrupt)));
-        apply(&a, &e, req(AlarmAction::Deactivate, 1, AlarmType::Corrupt));
         apply(&a, &e, req(AlarmAction::Deactivate, 1, AlarmType::Nospace));
         assert!(a.refuse(&put).is_none());
+    }
+
+    #[test]
+    fn gate_follows_etcds_applier_swaps() {
+        // Seen on etcd 3.5.16: with NOSPACE (this member) and CORRUPT (another) active, disarming
+        // CORRUPT lets puts through though NOSPACE is still listed.
+        let e = MemEngine::default();
+        let a = Alarms::open(&e).unwrap();
+        let put = Request::Put(PutRequest { key: b"k".to_vec(), ..Default::default() });
+        let del = Request::DeleteRange(DeleteRangeRequest { key: b"k".to_vec(), ..Default::default() });
+        apply(&a, &e, req(AlarmAction::Activate, 1, AlarmType::Nospace));
+        apply(&a, &e, req(AlarmAction::Activate, 42, AlarmType::Corrupt));
+        assert!(matches!(a.refuse(&put), Some(Error::Corrupt)));
+        apply(&a, &e, req(AlarmAction::Deactivate, 42, AlarmType::Corrupt));
+        assert_eq!(a.get(AlarmType::Nospace as i32).len(), 1);
+        assert!(a.refuse(&put).is_none());
+        // Activating the same alarm again puts its applier back.
+        apply(&a, &e, req(AlarmAction::Activate, 1, AlarmType::Nospace));
+        assert!(matches!(a.refuse(&put), Some(Error::NoSpace)));
+        // Activating CORRUPT replaces the capped applier: a put fails as corrupt, a delete too.
+        apply(&a, &e, req(AlarmAction::Activate, 42, AlarmType::Corrupt));
+        assert!(matches!(a.refuse(&del), Some(Error::Corrupt)));
+        // While another NOSPACE remains, deactivating one keeps the applier.
+        apply(&a, &e, req(AlarmAction::Activate, 2, AlarmType::Nospace));
+        apply(&a, &e, req(AlarmAction::Deactivate, 2, AlarmType::Nospace));
+        assert!(matches!(a.refuse(&put), Some(Error::NoSpace)));
+        // A restart stacks both wrappers from the list: corrupt answers first.
+        let restarted = Alarms::open(&e).unwrap();
+        assert!(matches!(restarted.refuse(&put), Some(Error::Corrupt)));
+        apply(&restarted, &e, req(AlarmAction::Deactivate, 1, AlarmType::Nospace));
+        assert!(restarted.refuse(&del).is_none());
     }
 }
