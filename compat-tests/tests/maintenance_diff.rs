@@ -294,9 +294,10 @@ async fn check_perf_small_load_passes_as_on_etcd() {
     let got = check_perf(&keel).await;
     eprintln!("etcd:\n{}{}\nkeel:\n{}{}", want.stdout, want.stderr, got.stdout, got.stderr);
     assert_eq!(got.exit_code, want.exit_code, "exit code (left keel, right etcd)");
-    let verdicts = |o: &CmdOutput| -> Vec<String> {
-        o.stdout.lines().filter(|l| l.starts_with("PASS") || l.starts_with("FAIL")).map(verdict_kind).collect()
-    };
+    // The progress bar shares a line with the first verdict; pick the verdicts out by pattern.
+    let pattern = regex::Regex::new(r"(PASS|FAIL)(: (Throughput|Slowest request|Stddev))?").expect("pattern");
+    let verdicts =
+        |o: &CmdOutput| -> Vec<String> { pattern.find_iter(&o.stdout).map(|m| m.as_str().to_string()).collect() };
     assert_eq!(verdicts(&got), verdicts(&want), "check perf verdicts (left keel, right etcd)");
 }
 
@@ -314,11 +315,6 @@ async fn check_perf(server: &Server) -> CmdOutput {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-/// "PASS: Throughput is 150 writes/s" → "PASS: Throughput": the measured numbers differ.
-fn verdict_kind(line: &str) -> String {
-    line.split(" is ").next().unwrap_or(line).split(" took").next().unwrap_or(line).to_string()
 }
 
 /// What one defragmentation under write load looked like.
