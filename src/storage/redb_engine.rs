@@ -49,6 +49,9 @@ fn def(name: &str) -> Def<'_> {
 const DEFRAG_FILE_NAME: &str = "keel.redb.defrag";
 /// Rows copied per (non-durable) transaction while defragmenting.
 const DEFRAG_COPY_ROWS: usize = 10_000;
+/// A catch-up round replaying fewer journaled changes than this is the last one before writers
+/// are held off for the final remainder.
+const DEFRAG_SHORT_ROUND: usize = 64;
 
 /// A change made while a defragmentation copies the file, replayed onto the copy at the end.
 enum Journaled {
@@ -171,6 +174,16 @@ impl RedbEngine {
         Ok(())
     }
 
+    fn replay(db: &Database, changes: &[Journaled]) -> Result<(), StorageError> {
+        for change in changes {
+            match change {
+                Journaled::Batch(batch) => Self::write_to(db, batch)?,
+                Journaled::Clear => Self::clear_db(db)?,
+            }
+        }
+        Ok(())
+    }
+
     fn clear_db(db: &Database) -> Result<(), StorageError> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::None)?;
@@ -197,8 +210,10 @@ impl RedbEngine {
     }
 
     /// The defragmentation itself (see `Engine::defragment`): copy a snapshot into a new file
-    /// while changes go on and are journaled, compact the copy, then, with changes held off only
-    /// for that, replay the journal onto it, make it durable and put it in the old file's place.
+    /// while changes go on and are journaled, compact the copy, replay the journal onto it in
+    /// rounds, then, with changes held off only for that, replay the short remainder, make the
+    /// copy durable and put it in the old file's place. The journal holds the changes made during
+    /// the copy in memory: a long copy under heavy writes costs that much memory.
     fn rewrite(&self) -> Result<(), StorageError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(DEFRAG_FILE_NAME);
@@ -214,14 +229,19 @@ impl RedbEngine {
         Self::durable_commit(&copy)?;
         copy.compact()?;
 
-        let _writer = self.lock_writer();
-        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
-        for change in &journal {
-            match change {
-                Journaled::Batch(batch) => Self::write_to(&copy, batch)?,
-                Journaled::Clear => Self::clear_db(&copy)?,
+        // Catch up with what was written meanwhile in rounds, writers still running, until one
+        // round is short; only the last remainder is replayed with writers held off.
+        loop {
+            let round = self.journal.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(std::mem::take);
+            let round = round.unwrap_or_default();
+            Self::replay(&copy, &round)?;
+            if round.len() < DEFRAG_SHORT_ROUND {
+                break;
             }
         }
+        let _writer = self.lock_writer();
+        let rest = self.journal.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        Self::replay(&copy, &rest)?;
         Self::durable_commit(&copy)?;
         std::fs::rename(&tmp, &self.path)
             .map_err(|e| StorageError::io(format!("rename {} over {}", tmp.display(), self.path.display()), e))?;
