@@ -15,7 +15,7 @@ use crate::proto::etcdserverpb::{request_op, AlarmMember, AlarmRequest, AlarmTyp
 use crate::storage::{Engine, Table, WriteBatch};
 
 /// etcd's `alarm` bucket.
-const ALARM_TABLE: Table = "alarm";
+pub(crate) const ALARM_TABLE: Table = "alarm";
 
 /// Active alarms as (alarm type, member id): sorted, so listings are stable (etcd walks Go maps
 /// and lists them in no fixed order).
