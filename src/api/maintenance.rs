@@ -41,9 +41,14 @@ impl Maintenance for MaintenanceService {
     /// state); `etcdctl alarm list` / `alarm disarm` are GET and a DEACTIVATE per listed alarm.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let req = request.into_inner();
-        if AlarmAction::try_from(req.action).is_err() {
-            // etcd 3.5.16 panics on an unknown action; refuse it instead of proposing it.
+        // etcd 3.5.16 panics on an unknown action, and on activating an unknown alarm type (after
+        // storing it, so it panics again on restart); refuse those instead of proposing them.
+        let action = AlarmAction::try_from(req.action);
+        if action.is_err() {
             return Err(to_status(Error::Internal(format!("unknown alarm action {}", req.action))));
+        }
+        if action == Ok(AlarmAction::Activate) && AlarmType::try_from(req.alarm).is_err() {
+            return Err(to_status(Error::Internal(format!("unknown alarm type {}", req.alarm))));
         }
         match propose::propose(&self.node, Cmd::Alarm(req)).await.map_err(to_status)? {
             (Applied::Alarm(mut resp), _) => {
