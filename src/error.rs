@@ -74,6 +74,19 @@ pub enum Error {
     #[error("corrupt cluster")]
     Corrupt,
 
+    // --- downgrade (etcd's `Downgrade` RPC) ---
+    #[error("wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    #[error("invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    #[error("cluster has a downgrade job in progress")]
+    DowngradeInProcess,
+    #[error("no inflight downgrade job")]
+    NoInflightDowngrade,
+    /// etcd's `ErrUnknownMethod`, e.g. a Downgrade action it does not know.
+    #[error("unknown method")]
+    UnknownMethod,
+
     // --- failures of our own machinery (not the client's fault) ---
     #[error("storage: {0}")]
     Storage(String),

@@ -36,6 +36,8 @@ pub struct Limits {
     pub watch_progress_notify_interval: Duration,
     /// Raft election timeout: `hasleader` streams end after three of them without a leader.
     pub election_timeout: Duration,
+    /// `--quota-backend-bytes` in effect (`u64::MAX` when the quota is off).
+    pub quota_bytes: u64,
 }
 
 pub struct Node {

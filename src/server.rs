@@ -87,6 +87,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         request_timeout: Duration::from_secs(5) + 2 * config.election_timeout(),
         watch_progress_notify_interval: config.watch_progress_notify_interval,
         election_timeout: config.election_timeout(),
+        quota_bytes: config.effective_quota(),
     };
     let lease_settings = LeaseSettings::new(config.heartbeat_interval(), config.election_timeout());
     let leases = Arc::new(LeaseClock::new(applier.lessor().clone(), lease_settings));

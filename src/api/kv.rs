@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::api::{header, status::to_status, validate};
+use crate::api::{header, quota, status::to_status, validate};
 use crate::apply::command::{Request as Cmd, Response as Applied};
 use crate::apply::txn::validate_txn;
 use crate::error::Error;
@@ -47,6 +47,8 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
+        // etcd's quotaKVServer checks space before the KV server validates.
+        quota::check(&self.node, quota::put_cost(&req)).await?;
         validate::put(&req).map_err(to_status)?;
         match propose::propose(&self.node, Cmd::Put(req)).await.map_err(to_status)? {
             (Applied::Put(mut resp), _) => {
@@ -74,6 +76,7 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
+        quota::check(&self.node, quota::txn_cost(&req)).await?;
         validate_txn(&req, self.node.limits.max_txn_ops).map_err(to_status)?;
         match propose::propose(&self.node, Cmd::Txn(req)).await.map_err(to_status)? {
             (Applied::Txn(mut resp), _) => {

@@ -68,6 +68,7 @@ impl Lease for LeaseService {
     type LeaseKeepAliveStream = KeepAliveStream;
 
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        crate::api::quota::check(&self.node, crate::api::quota::LEASE_GRANT_COST).await?;
         grant(&self.node, request.into_inner()).await.map(Response::new).map_err(to_status)
     }
 

@@ -1,7 +1,6 @@
-//! The Maintenance service (etcd's `v3rpc/maintenance.go`): Status and the alarm list, which
-//! `etcdctl endpoint status/health` need, and Snapshot in etcd's file format. Defragment, hashes,
-//! leader moves and downgrades arrive with the operations issue and answer `Unimplemented` until
-//! then.
+//! The Maintenance service (etcd 3.5.16's `v3rpc/maintenance.go`): Status, alarms, HashKV and
+//! Hash, Defragment, Downgrade and Snapshot in etcd's file format. MoveLeader arrives with the
+//! cluster work and answers `Unimplemented` until then.
 
 use std::sync::Arc;
 
@@ -13,7 +12,10 @@ use sha2::{Digest, Sha256};
 
 use crate::api::pending::{not_yet, BoxStream};
 use crate::api::{header, status::to_status};
+use crate::apply::command::{Request as Cmd, Response as Applied};
+use crate::error::Error;
 use crate::node::Node;
+use crate::propose;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
@@ -35,16 +37,25 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     type SnapshotStream = BoxStream<SnapshotResponse>;
 
+    /// etcd's Alarm: GET, ACTIVATE and DEACTIVATE all go through raft (alarms are cluster
+    /// state); `etcdctl alarm list` / `alarm disarm` are GET and a DEACTIVATE per listed alarm.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let req = request.into_inner();
-        match AlarmAction::try_from(req.action) {
-            // No alarm is ever raised yet (quota and corruption checks come with their issue), so
-            // the list is truthfully empty.
-            Ok(AlarmAction::Get) => {
-                let revision = self.node.mvcc().current_revision();
-                Ok(Response::new(AlarmResponse { header: Some(header::header(&self.node, revision)), alarms: vec![] }))
+        // etcd 3.5.16 panics on an unknown action, and on activating an unknown alarm type (after
+        // storing it, so it panics again on restart); refuse those instead of proposing them.
+        let action = AlarmAction::try_from(req.action);
+        if action.is_err() {
+            return Err(to_status(Error::Internal(format!("unknown alarm action {}", req.action))));
+        }
+        if action == Ok(AlarmAction::Activate) && AlarmType::try_from(req.alarm).is_err() {
+            return Err(to_status(Error::Internal(format!("unknown alarm type {}", req.alarm))));
+        }
+        match propose::propose(&self.node, Cmd::Alarm(req)).await.map_err(to_status)? {
+            (Applied::Alarm(mut resp), _) => {
+                resp.header = Some(header::complete(&self.node, resp.header));
+                Ok(Response::new(resp))
             }
-            _ => Err(not_yet("Maintenance.Alarm (activate/deactivate)")),
+            _ => Err(to_status(Error::Internal("apply returned an unexpected response to alarm".into()))),
         }
     }
 
@@ -54,8 +65,10 @@ impl Maintenance for MaintenanceService {
         let size = node.db_size().map_err(to_status)?;
         let mut errors = Vec::new();
         if raft.leader.is_none() {
-            errors.push("etcdserver: no leader".to_string());
+            errors.push(crate::api::status::code_and_message(&Error::NoLeader).1);
         }
+        // Then every active alarm, in gogoproto's text form, as etcd lists them.
+        errors.extend(node.applier.alarms().get(AlarmType::None as i32).iter().map(alarm_text));
         let revision = node.mvcc().current_revision();
         Ok(Response::new(StatusResponse {
             header: Some(header::header(node, revision)),
@@ -71,16 +84,45 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// etcd's Defragment: give free space back to the file system. etcd blocks every read and
+    /// write of the member while it rewrites bbolt (etcd issue 9222); the engine here rewrites
+    /// beside the live file and holds writes off only to swap files. As in etcd, the response is
+    /// `{}` without a header.
     async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_yet("Maintenance.Defragment"))
+        let node = self.node.clone();
+        let started = std::time::Instant::now();
+        blocking(move || Ok(node.engine().defragment()?)).await?;
+        tracing::info!(took = ?started.elapsed(), "finished defragmenting the backend");
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
+    /// etcd's Hash: a checksum of the member's whole state. etcd's value depends on bbolt's page
+    /// layout and cannot be reproduced; ours is stable for one state (see `Applier::state_hash`).
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_yet("Maintenance.Hash"))
+        let node = self.node.clone();
+        let (hash, revision) = blocking(move || {
+            // The revision is read first: the state hashed is at least that new, as in etcd,
+            // where the revision comes from the same locked view.
+            let revision = node.mvcc().current_revision();
+            Ok((node.applier.state_hash()?, revision))
+        })
+        .await?;
+        Ok(Response::new(HashResponse { header: Some(header::header(&self.node, revision)), hash }))
     }
 
-    async fn hash_kv(&self, _request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("Maintenance.HashKV"))
+    /// etcd's HashKV: the key-value history's CRC-32C up to a revision, equal to real etcd's for
+    /// the same history (see `mvcc::hash`). The header carries the store revision.
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let rev = request.into_inner().revision;
+        let mvcc = self.node.mvcc();
+        let h = blocking(move || mvcc.hash_kv(rev)).await?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(header::header(&self.node, h.current_revision)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            // etcd 3.5.16 computes the hashed revision but leaves this field unset.
+            hash_revision: 0,
+        }))
     }
 
     /// etcd's Snapshot: the database in 32 KiB blobs, each with the bytes still to come, then one
@@ -101,9 +143,38 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("Maintenance.MoveLeader"))
     }
 
-    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        Err(not_yet("Maintenance.Downgrade"))
+    /// etcd 3.5.16's Downgrade (see `api::downgrade`); the header carries the store revision.
+    async fn downgrade(&self, request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        let version = crate::api::downgrade::downgrade(&self.node, request.into_inner()).await.map_err(to_status)?;
+        let revision = self.node.mvcc().current_revision();
+        Ok(Response::new(DowngradeResponse { header: Some(header::header(&self.node, revision)), version }))
     }
+}
+
+/// An alarm as gogoproto's `String()` prints it (what `etcdctl alarm list` and Status `errors`
+/// show): each non-zero field as `name:value` followed by a space, enums by name.
+pub fn alarm_text(m: &AlarmMember) -> String {
+    let mut text = String::new();
+    if m.member_id != 0 {
+        text.push_str(&format!("memberID:{} ", m.member_id));
+    }
+    if m.alarm != 0 {
+        match AlarmType::try_from(m.alarm) {
+            Ok(t) => text.push_str(&format!("alarm:{} ", t.as_str_name())),
+            Err(_) => text.push_str(&format!("alarm:{} ", m.alarm)),
+        }
+    }
+    text
+}
+
+/// Run storage-bound work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| to_status(crate::error::Error::Internal(format!("maintenance task: {e}"))))?
+        .map_err(to_status)
 }
 
 /// etcd's `snapshotSendBufferSize`: the size of every blob but the last.

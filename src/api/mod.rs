@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod concurrency;
 pub mod election;
+pub mod downgrade;
 pub mod header;
 pub mod health;
 pub mod kv;
@@ -11,6 +12,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod pending;
+pub mod quota;
 pub mod status;
 pub mod validate;
 pub mod watch;

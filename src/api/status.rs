@@ -29,6 +29,14 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
         Error::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
         Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
         Error::Corrupt => (Code::DataLoss, "etcdserver: corrupt cluster"),
+        Error::WrongDowngradeVersionFormat => {
+            (Code::InvalidArgument, "etcdserver: wrong downgrade target version format")
+        }
+        Error::InvalidDowngradeTargetVersion => (Code::InvalidArgument, "etcdserver: invalid downgrade target version"),
+        Error::DowngradeInProcess => (Code::FailedPrecondition, "etcdserver: cluster has a downgrade job in progress"),
+        Error::NoInflightDowngrade => (Code::FailedPrecondition, "etcdserver: no inflight downgrade job"),
+        // Not in etcd's gRPC error table, so it reaches clients untranslated (Unknown).
+        Error::UnknownMethod => (Code::Unknown, "etcdserver: unknown method"),
         // Never a call status in etcd: watch answers carry the text as `cancel_reason`.
         Error::WatcherRangeEmpty => (Code::InvalidArgument, "mvcc: watcher range is empty"),
         Error::DuplicateWatchId => (Code::InvalidArgument, "mvcc: duplicate watch ID provided on the WatchStream"),

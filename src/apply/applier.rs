@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::apply::alarms::Alarms;
 use crate::apply::command::{CommandResult, RaftCommand, Request, Response};
 use crate::apply::watch_feed::{MvccHistory, StoreSlot};
 use crate::apply::{execute, txn};
@@ -12,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::lease::Lessor;
 use crate::mvcc::{CompactionHandle, MvccStore};
 use crate::proto::etcdserverpb::{
-    CompactionResponse, LeaseCheckpointResponse, LeaseGrantResponse, LeaseRevokeResponse, RangeRequest, ResponseHeader,
+    AlarmResponse, CompactionResponse, DowngradeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, RangeRequest, ResponseHeader,
 };
 use crate::storage::{Engine, WriteBatch, WriteBuffer};
 use crate::watch::WatchHub;
@@ -33,6 +35,8 @@ pub struct Applier {
     compactions: Mutex<HashMap<u64, CompactionHandle>>,
     /// Leases and their attached keys; changed only here, in log order.
     lessor: Arc<Lessor>,
+    /// Active alarms; changed only here, in log order.
+    alarms: Arc<Alarms>,
 }
 
 impl Applier {
@@ -43,16 +47,22 @@ impl Applier {
         let engine: Arc<dyn Engine> = buffer.clone();
         let mvcc = Arc::new(MvccStore::open(engine.clone())?);
         let lessor = Arc::new(Lessor::open(engine.as_ref())?);
+        let alarms = Arc::new(Alarms::open(engine.as_ref())?);
         restore_attachments(&mvcc, &lessor)?;
         let current = mvcc.current_revision();
         let mvcc: StoreSlot = Arc::new(RwLock::new(mvcc));
         let watch = Arc::new(WatchHub::new(Box::new(MvccHistory::new(mvcc.clone())), current));
-        Ok(Applier { buffer, engine, mvcc, watch, compactions: Mutex::new(HashMap::new()), lessor })
+        Ok(Applier { buffer, engine, mvcc, watch, compactions: Mutex::new(HashMap::new()), lessor, alarms })
     }
 
     /// The lessor readers (the leader's lease clock, the Lease API) share.
     pub fn lessor(&self) -> &Arc<Lessor> {
         &self.lessor
+    }
+
+    /// The active alarms (Status and the quota check read them).
+    pub fn alarms(&self) -> &Arc<Alarms> {
+        &self.alarms
     }
 
     /// Commit what the entries applied so far wrote, as one atomic engine batch. Runs in the
@@ -106,6 +116,11 @@ impl Applier {
             self.engine.write(extra)?;
             return Ok(CommandResult { outcome: Ok(Response::None) });
         };
+        // etcd swaps in a capped (NOSPACE) or corrupt applier while such an alarm is active.
+        if let Some(e) = self.alarms.refuse(&command.request) {
+            self.engine.write(extra)?;
+            return Ok(CommandResult { outcome: client_error(e)? });
+        }
         let mvcc = self.mvcc();
         let lessor = &self.lessor;
         let lease_exists = |id: i64| lessor.contains(id);
@@ -215,8 +230,34 @@ impl Applier {
                 lessor.checkpointed(&applied);
                 Ok(Response::LeaseCheckpoint(LeaseCheckpointResponse { header: current_header(&mvcc) }))
             }
+            Request::Alarm(req) => {
+                let (alarms, change) = self.alarms.stage(&mut extra, req);
+                self.engine.write(extra)?;
+                self.alarms.commit(change);
+                Ok(Response::Alarm(AlarmResponse { header: current_header(&mvcc), alarms }))
+            }
+            Request::Downgrade(req) => {
+                use crate::proto::etcdserverpb::downgrade_request::DowngradeAction;
+                let enable = req.action == DowngradeAction::Enable as i32;
+                crate::apply::downgrade::stage(&mut extra, enable, &req.version);
+                self.engine.write(extra)?;
+                Ok(Response::Downgrade(DowngradeResponse { header: current_header(&mvcc), version: String::new() }))
+            }
         };
         Ok(CommandResult { outcome })
+    }
+
+    /// A CRC-32C of the whole state machine (every table), for `Maintenance.Hash`. The raft
+    /// position is left out, as etcd leaves out its consistent index and term: members holding
+    /// the same data then answer the same hash even if their logs differ in blank entries.
+    pub fn state_hash(&self) -> Result<u32> {
+        let skip = |table: &str, key: &[u8]| table == META_TABLE && key == META_RAFT_APPLIED;
+        Ok(crate::storage::checksum::hash_all(self.engine.as_ref(), &skip)?)
+    }
+
+    /// The cluster's downgrade job as last applied.
+    pub fn downgrade_info(&self) -> Result<crate::apply::downgrade::DowngradeInfo> {
+        crate::apply::downgrade::info(self.engine.as_ref())
     }
 
     /// Replace the whole state with a raft snapshot's contents.
@@ -226,6 +267,7 @@ impl Applier {
         crate::storage::import(self.engine.as_ref(), dump)?;
         let fresh = Arc::new(MvccStore::open(self.engine.clone())?);
         self.lessor.reload(self.engine.as_ref())?;
+        self.alarms.reload(self.engine.as_ref())?;
         restore_attachments(&fresh, &self.lessor)?;
         let current = fresh.current_revision();
         *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = fresh;

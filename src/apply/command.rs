@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointRequest,
-    LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    PutRequest, PutResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    DowngradeRequest, DowngradeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 /// Who proposed a command. Mirrors etcd's `RequestHeader` inside `InternalRaftRequest`: the id lets
@@ -37,6 +37,12 @@ pub enum Request {
     LeaseRevoke(#[serde(with = "pb")] LeaseRevokeRequest),
     /// The leader's remaining-TTL snapshot of its leases (etcd's internal `LeaseCheckpoint`).
     LeaseCheckpoint(#[serde(with = "pb")] LeaseCheckpointRequest),
+    /// etcd's `Alarm` (GET, ACTIVATE, DEACTIVATE): alarms are cluster state, so even a listing
+    /// goes through the log, as in etcd.
+    Alarm(#[serde(with = "pb")] AlarmRequest),
+    /// etcd's internal `DowngradeInfoSet`, carried as the client's request after the edge
+    /// validated it: ENABLE with the target already normalised to `major.minor.0`, or CANCEL.
+    Downgrade(#[serde(with = "pb")] DowngradeRequest),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -55,6 +61,8 @@ impl fmt::Display for RaftCommand {
             Request::LeaseGrant(_) => "lease_grant",
             Request::LeaseRevoke(_) => "lease_revoke",
             Request::LeaseCheckpoint(_) => "lease_checkpoint",
+            Request::Alarm(_) => "alarm",
+            Request::Downgrade(_) => "downgrade",
         };
         write!(f, "{kind}#{}", self.header.id)
     }
@@ -73,6 +81,8 @@ impl RaftCommand {
             Request::LeaseGrant(r) => r.encoded_len(),
             Request::LeaseRevoke(r) => r.encoded_len(),
             Request::LeaseCheckpoint(r) => r.encoded_len(),
+            Request::Alarm(r) => r.encoded_len(),
+            Request::Downgrade(r) => r.encoded_len(),
         };
         // field key + length prefix of the request, plus the header message
         // (2-byte key for field 100, its length, and the id as a varint).
@@ -92,6 +102,8 @@ pub enum Response {
     LeaseGrant(#[serde(with = "pb")] LeaseGrantResponse),
     LeaseRevoke(#[serde(with = "pb")] LeaseRevokeResponse),
     LeaseCheckpoint(#[serde(with = "pb")] LeaseCheckpointResponse),
+    Alarm(#[serde(with = "pb")] AlarmResponse),
+    Downgrade(#[serde(with = "pb")] DowngradeResponse),
 }
 
 /// What apply produced for one entry. A client-caused failure is a *result* (the same on every
@@ -127,6 +139,7 @@ pub enum ApplyError {
     Other(String),
     LeaseExists,
     LeaseTtlTooLarge,
+    Corrupt,
 }
 
 impl From<Error> for ApplyError {
@@ -144,6 +157,7 @@ impl From<Error> for ApplyError {
             Error::NoSpace => ApplyError::NoSpace,
             Error::LeaseExists => ApplyError::LeaseExists,
             Error::LeaseTtlTooLarge => ApplyError::LeaseTtlTooLarge,
+            Error::Corrupt => ApplyError::Corrupt,
             other => ApplyError::Other(other.to_string()),
         }
     }
@@ -165,6 +179,7 @@ impl From<ApplyError> for Error {
             ApplyError::Other(m) => Error::Internal(m),
             ApplyError::LeaseExists => Error::LeaseExists,
             ApplyError::LeaseTtlTooLarge => Error::LeaseTtlTooLarge,
+            ApplyError::Corrupt => Error::Corrupt,
         }
     }
 }

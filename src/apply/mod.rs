@@ -1,8 +1,10 @@
 //! AFTER THE LOG: turns committed commands into state changes, deterministically (no clocks, no
 //! randomness, no raft), so every member that applies the same log holds the same data.
 
+pub mod alarms;
 pub mod applier;
 pub mod command;
+pub mod downgrade;
 pub mod execute;
 pub mod txn;
 pub mod watch_feed;

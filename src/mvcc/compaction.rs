@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use super::hash::{HashCache, KvHasher};
 use super::revision::{encode_meta_rev, Revision};
 use super::{FINISHED_COMPACT_KEY, KV_TABLE, META_TABLE};
 use crate::error::{Error, Result};
@@ -89,21 +90,42 @@ impl CompactionHandle {
 pub(crate) struct Compactor {
     last: Mutex<Option<CompactionHandle>>,
     stopped: Arc<AtomicBool>,
+    /// What each finished compaction hashed on its way (etcd's `hashStorage`).
+    hashes: Arc<HashCache>,
 }
 
 impl Compactor {
-    /// Start deleting the rows at or below `rev` that are not in `keep`.
-    pub(crate) fn start(&self, engine: Arc<dyn Engine>, rev: i64, keep: HashSet<Revision>) -> CompactionHandle {
+    pub(crate) fn hashes(&self) -> &HashCache {
+        &self.hashes
+    }
+
+    /// Start deleting the rows at or below `rev` that are not in `keep`; `previous_compaction` is
+    /// the compaction revision before this one (-1 if none), which the hash taken on the way
+    /// reports, as etcd's does.
+    pub(crate) fn start(
+        &self,
+        engine: Arc<dyn Engine>,
+        rev: i64,
+        previous_compaction: i64,
+        keep: HashSet<Revision>,
+    ) -> CompactionHandle {
         let handle = CompactionHandle { revision: rev, job: Arc::new(Job::default()) };
         let previous = self.last.lock().unwrap_or_else(|p| p.into_inner()).replace(handle.clone());
         let worker = handle.clone();
         let stopped = self.stopped.clone();
+        let hashes = self.hashes.clone();
         let spawned = thread::Builder::new().name(format!("mvcc-compact-{rev}")).spawn(move || {
             if let Some(previous) = previous {
                 // Its failure is reported to its own waiters; ours still has to run.
                 let _ = previous.wait();
             }
-            worker.finish(delete_obsolete_rows(engine.as_ref(), rev, &keep, &stopped));
+            let mut hasher = KvHasher::new(previous_compaction, rev, &keep);
+            let result = delete_obsolete_rows(engine.as_ref(), rev, &keep, &mut hasher, &stopped);
+            if result.is_ok() {
+                // Stored before waiters wake, so a HashKV after a physical compaction sees it.
+                hashes.store(hasher.finish());
+            }
+            worker.finish(result);
         });
         if let Err(e) = spawned {
             handle.finish(Err(Error::Internal(format!("cannot start the compaction thread: {e}"))));
@@ -125,8 +147,15 @@ impl Compactor {
 }
 
 /// Delete, batch by batch, every row at or below `rev` whose revision is not in `keep`, then
-/// record `rev` as finished.
-fn delete_obsolete_rows(engine: &dyn Engine, rev: i64, keep: &HashSet<Revision>, stopped: &AtomicBool) -> Result<()> {
+/// record `rev` as finished. Every row looked at, deleted or not, is fed to `hasher` (etcd's
+/// `scheduleCompaction` hashes the same way).
+fn delete_obsolete_rows(
+    engine: &dyn Engine,
+    rev: i64,
+    keep: &HashSet<Revision>,
+    hasher: &mut KvHasher<'_>,
+    stopped: &AtomicBool,
+) -> Result<()> {
     let end = Revision::row_key_floor(rev.saturating_add(1));
     let mut start: Vec<u8> = Vec::new();
     loop {
@@ -137,8 +166,12 @@ fn delete_obsolete_rows(engine: &dyn Engine, rev: i64, keep: &HashSet<Revision>,
         let mut seen = 0usize;
         let mut last = None;
         let mut bad_row = None;
-        engine.scan(KV_TABLE, &start, Some(&end), &mut |k, _| {
+        engine.scan(KV_TABLE, &start, Some(&end), &mut |k, v| {
             seen += 1;
+            if let Err(e) = hasher.row(k, v) {
+                bad_row = Some(e);
+                return false;
+            }
             match Revision::from_row_key(k) {
                 Ok((r, _)) if keep.contains(&r) => {}
                 Ok(_) => {

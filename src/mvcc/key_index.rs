@@ -185,6 +185,34 @@ impl KeyIndex {
     }
 }
 
+impl KeyIndex {
+    /// The revision a compaction at `at` would keep for this key, as etcd's `keyIndex.keep`
+    /// (used by HashKV) picks it, without changing anything: the newest revision `<= at` of the
+    /// first generation not closed by then; none if that revision is the tombstone closing its
+    /// generation.
+    fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
+        if self.is_empty() {
+            return;
+        }
+        let last = self.generations.len() - 1;
+        let mut gi = 0;
+        while gi < last {
+            let tomb = self.generations[gi].revs.last().map_or(i64::MIN, |r| r.main);
+            if tomb > at {
+                break;
+            }
+            gi += 1;
+        }
+        let g = &self.generations[gi];
+        if let Some(n) = g.newest_at_or_before(at) {
+            let closing_tombstone = n + 1 == g.revs.len() && gi != last;
+            if !closing_tombstone {
+                keep.insert(g.revs[n]);
+            }
+        }
+    }
+}
+
 /// All keys' histories, ordered by key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct TreeIndex {
@@ -253,6 +281,15 @@ impl TreeIndex {
         keep
     }
 
+    /// What a compaction at `at` would keep, over every key (etcd's `treeIndex.Keep`).
+    pub(crate) fn keep(&self, at: i64) -> HashSet<Revision> {
+        let mut keep = HashSet::new();
+        for ki in self.keys.values() {
+            ki.keep(at, &mut keep);
+        }
+        keep
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
@@ -278,6 +315,28 @@ mod tests {
         assert!(ki.tombstone(r(8, 0)));
         ki.put(r(10, 0));
         ki
+    }
+
+    #[test]
+    fn keep_is_etcds_choice_without_tombstones() {
+        let ki = sample();
+        let kept = |at| {
+            let mut k = HashSet::new();
+            ki.keep(at, &mut k);
+            let mut v: Vec<_> = k.into_iter().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(kept(1), vec![]);
+        assert_eq!(kept(3), vec![r(3, 0)]);
+        // The tombstone closing a generation is never kept by `keep` (etcd's keyIndex.keep).
+        assert_eq!(kept(4), vec![]);
+        assert_eq!(kept(5), vec![]);
+        assert_eq!(kept(7), vec![r(7, 1)]);
+        assert_eq!(kept(9), vec![]);
+        assert_eq!(kept(12), vec![r(10, 0)]);
+        // `keep` changes nothing.
+        assert_eq!(ki, sample());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::storage::{Engine, Table, WriteBatch};
 
 mod compaction;
 mod go_sort;
+mod hash;
 mod history;
 mod key_index;
 mod range;
@@ -34,6 +35,7 @@ mod model_tests;
 mod tests;
 
 pub use compaction::CompactionHandle;
+pub use hash::KvHash;
 pub use history::HistoryChunk;
 pub use revision::Revision;
 
@@ -66,6 +68,10 @@ pub struct MvccStore {
     /// Held by the one live [`WriteTxn`] (and by `compact`), so write transactions never
     /// interleave and the revision a transaction began at stays the newest until it commits.
     writer: Mutex<()>,
+    /// Held by a HashKV for its whole scan and by `compact` while it schedules, so a compaction
+    /// never deletes rows under a hash that counts them (etcd holds its backend read
+    /// transaction for the same reason).
+    hash_gate: Mutex<()>,
     compactor: compaction::Compactor,
 }
 
@@ -127,6 +133,7 @@ impl MvccStore {
             engine,
             state: RwLock::new(State { index, current, compacted }),
             writer: Mutex::new(()),
+            hash_gate: Mutex::new(()),
             compactor: compaction::Compactor::default(),
         };
         if let Some(rev) = scheduled.filter(|rev| *rev > compacted) {
@@ -135,7 +142,7 @@ impl MvccStore {
                 st.compacted = rev;
                 st.index.compact(rev)
             };
-            store.compactor.start(store.engine.clone(), rev, keep);
+            store.compactor.start(store.engine.clone(), rev, compacted, keep);
         }
         Ok(store)
     }
@@ -180,6 +187,7 @@ impl MvccStore {
     /// Must not be called while this thread holds a [`WriteTxn`].
     pub fn compact(&self, rev: i64, physical: bool) -> Result<CompactionHandle> {
         let _ = physical;
+        let _no_hash = self.hash_gate.lock().unwrap_or_else(|p| p.into_inner());
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         {
             let st = self.read_state();
@@ -195,12 +203,12 @@ impl MvccStore {
         let mut batch = WriteBatch::default();
         batch.put(META_TABLE, SCHEDULED_COMPACT_KEY, encode_meta_rev(rev));
         self.engine.write(batch)?;
-        let keep = {
+        let (previous, keep) = {
             let mut st = self.write_state();
-            st.compacted = rev;
-            st.index.compact(rev)
+            let previous = std::mem::replace(&mut st.compacted, rev);
+            (previous, st.index.compact(rev))
         };
-        Ok(self.compactor.start(self.engine.clone(), rev, keep))
+        Ok(self.compactor.start(self.engine.clone(), rev, previous, keep))
     }
 
     /// Stop background row deletion and wait until it has stopped. Call before anything else

@@ -48,6 +48,11 @@ const CLUSTER_VERSION: &[u8] = b"3.5.0";
 
 /// Keel's lease table (`lease::LEASE_TABLE`; a test pins the two equal).
 pub(crate) const LEASE_TABLE: &str = "lease";
+/// etcd's alarm bucket: marshalled `AlarmMember` -> empty, the layout of Keel's alarm table
+/// (`apply::alarms`; a test pins the names equal), so an alarm travels with the snapshot both
+/// ways, as it does between etcd members.
+const ALARM_BUCKET: &[u8] = b"alarm";
+pub(crate) const ALARM_TABLE: &str = "alarm";
 
 /// Restored rows reach the engine in batches of about this many bytes.
 const RESTORE_BATCH_BYTES: usize = 8 << 20;
@@ -94,6 +99,7 @@ pub fn export<W: Write + Seek>(engine: &dyn Engine, info: &ExportInfo, out: W) -
     let mut key_bucket = BucketBuilder::new();
     let mut meta_rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut lease_rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut alarm_rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut failure = None;
     engine
         .scan_all(&mut |table, key, value| {
@@ -101,6 +107,10 @@ pub fn export<W: Write + Seek>(engine: &dyn Engine, info: &ExportInfo, out: W) -
                 KV_TABLE => key_bucket.put(&mut w, key, value),
                 LEASE_TABLE => {
                     lease_rows.insert(key.to_vec(), value.to_vec());
+                    Ok(())
+                }
+                ALARM_TABLE => {
+                    alarm_rows.insert(key.to_vec(), value.to_vec());
                     Ok(())
                 }
                 META_TABLE if key == SCHEDULED_COMPACT || key == FINISHED_COMPACT => {
@@ -142,6 +152,7 @@ pub fn export<W: Write + Seek>(engine: &dyn Engine, info: &ExportInfo, out: W) -
             b"meta" => std::mem::take(&mut meta_rows),
             b"members" => std::mem::take(&mut members),
             b"lease" => std::mem::take(&mut lease_rows),
+            b"alarm" => std::mem::take(&mut alarm_rows),
             // A fresh etcd 3.5 backend holds authRevision 1 (and no authEnabled row until auth is
             // first enabled or disabled); Keel has no auth store yet, so that is the truth.
             b"auth" => BTreeMap::from([(b"authRevision".to_vec(), 1u64.to_be_bytes().to_vec())]),
@@ -332,6 +343,14 @@ pub fn restore(db: &[u8], engine: &dyn Engine) -> Result<RestoreReport, Snapshot
                     }
                     batch.put(META_TABLE, key, value);
                 }
+            }
+            Ok(())
+        })?;
+    }
+    if let Some(alarms) = bucket_of(&reader, ALARM_BUCKET)? {
+        reader.for_each(alarms, &mut |e| {
+            if let Entry::Value { key, value } = e {
+                batch.put(ALARM_TABLE, key, value);
             }
             Ok(())
         })?;

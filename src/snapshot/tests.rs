@@ -260,6 +260,26 @@ fn table_names_match_mvcc() {
     assert_eq!(etcd::KV_TABLE, crate::mvcc::KV_TABLE);
     assert_eq!(etcd::META_TABLE, crate::mvcc::META_TABLE);
     assert_eq!(etcd::LEASE_TABLE, crate::lease::LEASE_TABLE);
+    assert_eq!(etcd::ALARM_TABLE, crate::apply::alarms::ALARM_TABLE);
+}
+
+#[test]
+fn alarms_travel_with_the_snapshot_both_ways() {
+    use crate::apply::alarms::Alarms;
+    use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
+    use crate::storage::Engine;
+    let engine = sample_store();
+    let nospace = AlarmMember { member_id: 0x8e9e05c52164694d, alarm: AlarmType::Nospace as i32 };
+    let mut batch = crate::storage::WriteBatch::default();
+    batch.put(etcd::ALARM_TABLE, nospace.encode_to_vec(), Vec::new());
+    engine.write(batch).unwrap();
+    let db = export(engine.as_ref(), &info(), Cursor::new(Vec::new())).unwrap().into_inner();
+    let tree = read_all(&db);
+    // etcd's layout: the marshalled AlarmMember as key, an empty value.
+    assert_eq!(tree.buckets[&b"alarm"[..]].values[&nospace.encode_to_vec()], Vec::<u8>::new());
+    let restored = Arc::new(MemEngine::default());
+    restore(&db, restored.as_ref()).unwrap();
+    assert_eq!(Alarms::open(restored.as_ref()).unwrap().get(AlarmType::None as i32), vec![nospace]);
 }
 
 fn range_all(store: &MvccStore, rev: i64) -> Vec<KeyValue> {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
+pub mod checksum;
 mod dump;
 mod redb_engine;
 mod sled_engine;
@@ -170,6 +171,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Remove every table and row (used before installing a raft snapshot); atomic, and, like
     /// `write`, durable only after the next `sync`.
     fn clear(&self) -> Result<(), StorageError>;
+
+    /// Give free space back to the file system (etcd's Defragment), without holding reads or
+    /// writes off for the duration; the data is unchanged and durable when it returns.
+    fn defragment(&self) -> Result<(), StorageError>;
 }
 
 /// A scan visitor that can fail; `Ok(false)` stops the scan.

@@ -235,4 +235,11 @@ impl Engine for WriteBuffer {
         overlay.fresh_rows = 0;
         self.engine.clear()
     }
+
+    /// Pending writes land first, so the rewritten file holds them; later ones reach the engine
+    /// while it rewrites, which it allows.
+    fn defragment(&self) -> Result<(), StorageError> {
+        self.flush()?;
+        self.engine.defragment()
+    }
 }
