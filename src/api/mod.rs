@@ -12,6 +12,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod pending;
 pub mod status;
+pub mod tls;
 pub mod validate;
 pub mod watch;
 pub mod watch_wire;
