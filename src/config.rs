@@ -184,19 +184,23 @@ pub const IGNORED_ETCD_FLAGS: &[(&str, FlagArity)] = {
 
 /// The entries of [`IGNORED_ETCD_FLAGS`] that Keel does act on: parsed in the same Go shapes, but
 /// read into [`Config::client_tls`] instead of being warned about.
-pub const CLIENT_TLS_FLAGS: &[&str] =
-    &["cert-file", "key-file", "trusted-ca-file", "client-cert-auth", "cipher-suites", "tls-min-version", "tls-max-version"];
+pub const CLIENT_TLS_FLAGS: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-cert-auth",
+    "cipher-suites",
+    "tls-min-version",
+    "tls-max-version",
+];
 
 /// The keys etcd reads inside the YAML `client-transport-security:` block that Keel acts on.
 const YAML_TLS_BLOCK_KEYS: &[&str] = &["cert-file", "key-file", "trusted-ca-file", "client-cert-auth"];
 
 /// Config-file keys of etcd 3.5.16 that are not flag names (nested TLS and socket sections, and a
 /// key spelt differently from its flag); accepted and ignored like the flags above.
-const IGNORED_YAML_ONLY_KEYS: &[&str] = &[
-    "peer-transport-security",
-    "socket-options",
-    "experimental-snapshot-catch-up-entries",
-];
+const IGNORED_YAML_ONLY_KEYS: &[&str] =
+    &["peer-transport-security", "socket-options", "experimental-snapshot-catch-up-entries"];
 
 /// How a Keel-understood value is written, which decides how a YAML value is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1053,12 +1057,7 @@ fn yaml_settings(text: &str, path: &str, warnings: &mut Vec<String>) -> Result<S
 
 /// etcd's `client-transport-security:` block: the file, CA and client-auth keys become the flag
 /// settings of the same name; other keys (`auto-tls`, `client-cert-file`...) are warned about.
-fn yaml_tls_block(
-    value: &Yaml,
-    path: &str,
-    settings: &mut Settings,
-    warnings: &mut Vec<String>,
-) -> Result<(), String> {
+fn yaml_tls_block(value: &Yaml, path: &str, settings: &mut Settings, warnings: &mut Vec<String>) -> Result<(), String> {
     let map = match value {
         Yaml::Null => return Ok(()),
         Yaml::Mapping(map) => map,
@@ -2004,7 +2003,15 @@ mod tests {
         let https = "--listen-client-urls=https://127.0.0.1:2379";
         let adv = "--advertise-client-urls=https://127.0.0.1:2379";
         let (config, warnings) = ok(
-            &[https, adv, "--cert-file=s.crt", "--key-file=s.key", "--cipher-suites", "A, B", "--tls-min-version=TLS1.2"],
+            &[
+                https,
+                adv,
+                "--cert-file=s.crt",
+                "--key-file=s.key",
+                "--cipher-suites",
+                "A, B",
+                "--tls-min-version=TLS1.2",
+            ],
             &[("ETCD_CLIENT_CERT_AUTH", "true"), ("ETCD_TRUSTED_CA_FILE", "ca.crt")],
         );
         assert!(warnings.is_empty(), "{warnings:?}");

@@ -352,9 +352,7 @@ impl AsyncWrite for ClientIo {
 /// own task, so a slow or hostile client never holds up other accepts. Failed handshakes are
 /// logged as etcd logs them and never reach the server. The accept loops end once the returned
 /// stream is dropped.
-pub fn incoming(
-    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
-) -> ReceiverStream<Result<ClientIo, io::Error>> {
+pub fn incoming(listeners: Vec<(TcpListener, Option<TlsAcceptor>)>) -> ReceiverStream<Result<ClientIo, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     for (listener, acceptor) in listeners {
         tokio::spawn(accept_loop(listener, acceptor, tx.clone()));
