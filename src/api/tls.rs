@@ -462,7 +462,12 @@ mod tests {
     fn gen_certs() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-certs.sh");
-        let status = std::process::Command::new("bash").arg(script).arg(dir.path()).status().unwrap();
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
         assert!(status.success());
         dir
     }
@@ -503,5 +508,81 @@ mod tests {
         assert_ne!(first.cert[0], now.cert[0]);
         assert_eq!(common_name(&now.cert[0]).as_deref(), Some("keel-peer"));
         assert_eq!(common_name(&first.cert[0]).as_deref(), Some("keel-server"));
+    }
+
+    /// A rustls client presenting `client.crt` and trusting `ca.crt`.
+    fn client_connector(dir: &Path) -> tokio_rustls::TlsConnector {
+        let mut roots = RootCertStore::empty();
+        for der in read_certs(&dir.join("ca.crt"), "CA").unwrap() {
+            roots.add(der).unwrap();
+        }
+        let chain = read_certs(&dir.join("client.crt"), "client").unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("client.key")).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    #[tokio::test]
+    async fn incoming_serves_plain_and_tls_and_a_stalled_handshake_blocks_nobody() {
+        use futures::StreamExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = gen_certs();
+        let settings = TlsSettings {
+            cert_file: Some(dir.path().join("server.crt")),
+            key_file: Some(dir.path().join("server.key")),
+            trusted_ca_file: Some(dir.path().join("ca.crt")),
+            client_cert_auth: true,
+            ..Default::default()
+        };
+        let acceptor = client_acceptor(&settings, true).unwrap();
+        let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tls_addr, plain_addr) = (tls_listener.local_addr().unwrap(), plain_listener.local_addr().unwrap());
+        let mut conns = incoming(vec![(tls_listener, acceptor), (plain_listener, None)]);
+
+        // A client that connects and never says hello must not hold up the next one.
+        let _stalled = TcpStream::connect(tls_addr).await.unwrap();
+        let connector = client_connector(dir.path());
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(tls_addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            tls.write_all(b"ping").await.unwrap();
+            tls.flush().await.unwrap();
+            let mut back = [0u8; 4];
+            tls.read_exact(&mut back).await.unwrap();
+            back
+        });
+        let mut server_side =
+            tokio::time::timeout(Duration::from_secs(5), conns.next()).await.unwrap().unwrap().unwrap();
+        let info = server_side.connect_info();
+        assert!(matches!(server_side, ClientIo::Tls(_)));
+        // gen-certs.sh names its client "root", which etcd would take as the user.
+        assert_eq!(info.common_name.as_deref(), Some("root"));
+        assert_eq!(info.tcp.local_addr(), Some(tls_addr));
+        let mut got = [0u8; 4];
+        server_side.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        server_side.write_all(b"pong").await.unwrap();
+        server_side.flush().await.unwrap();
+        assert_eq!(&client.await.unwrap(), b"pong");
+
+        // A tonic request carrying this connection's info yields the CN.
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(info);
+        assert_eq!(client_common_name(&request), Some("root"));
+        assert_eq!(client_common_name(&tonic::Request::new(())), None);
+
+        // The plaintext listener hands over plain TCP, without a CN.
+        let _plain = TcpStream::connect(plain_addr).await.unwrap();
+        let plain = tokio::time::timeout(Duration::from_secs(5), conns.next()).await.unwrap().unwrap().unwrap();
+        assert!(matches!(plain, ClientIo::Plain(_)));
+        assert!(plain.connect_info().common_name.is_none());
     }
 }
