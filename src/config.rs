@@ -67,7 +67,7 @@ pub enum FlagArity {
     Bool,
 }
 
-/// Every flag etcd 3.5.16 accepts that Keel does not act on, checked against `etcd --help` and by
+/// Every flag etcd 3.5.16 accepts that Keel does not act on (apart from [`CLIENT_TLS_FLAGS`]), checked against `etcd --help` and by
 /// probing the real binary. The `cluster-*`, `config`, `force`, `peer-*-interval`,
 /// `retry-interval`, `snapshot`, `v`, `vv` and `test.*` entries are etcd's own legacy flags,
 /// which etcd itself accepts and ignores.

@@ -157,9 +157,12 @@ pub fn file_tail(path: &Path, lines: usize) -> String {
 /// Connects a channel to `endpoint` with harness timeouts on connect and on every request.
 pub async fn connect(endpoint: &str) -> Result<Channel, HarnessError> {
     let ep = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| HarnessError::Connect { endpoint: endpoint.to_string(), reason: e.to_string() })?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(RPC_TIMEOUT);
+        .map_err(|e| HarnessError::Connect { endpoint: endpoint.to_string(), reason: e.to_string() })?;
+    dial(ep, endpoint).await
+}
+
+async fn dial(ep: Endpoint, endpoint: &str) -> Result<Channel, HarnessError> {
+    let ep = ep.connect_timeout(Duration::from_secs(2)).timeout(RPC_TIMEOUT);
     match tokio::time::timeout(Duration::from_secs(3), ep.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(HarnessError::Connect { endpoint: endpoint.to_string(), reason: format!("{e:?}") }),
@@ -208,14 +211,8 @@ pub async fn connect_tls(endpoint: &str, files: &TlsClientFiles) -> Result<Chann
     let ep = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| failed(e.to_string()))?
         .tls_config(files.tonic_config()?)
-        .map_err(|e| failed(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(RPC_TIMEOUT);
-    match tokio::time::timeout(Duration::from_secs(3), ep.connect()).await {
-        Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(failed(format!("{e:?}"))),
-        Err(_) => Err(failed("connect timed out".to_string())),
-    }
+        .map_err(|e| failed(e.to_string()))?;
+    dial(ep, endpoint).await
 }
 
 /// One linearizable Range on `endpoint`: Ok once the server answers it (so it has a leader).
