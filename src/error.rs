@@ -139,6 +139,9 @@ pub enum TlsError {
     /// Go would fall back to the system's CA store; Keel does not read it.
     #[error("--client-cert-auth needs --trusted-ca-file: keel does not use the system certificate store")]
     ClientAuthWithoutCa,
+    /// `Config::validate` words this as etcd does for client URLs; this is the builder's own check.
+    #[error("TLS key/cert (--cert-file, --key-file) must both be provided")]
+    MissingCertOrKey,
     #[error("{what} {path}: {reason}")]
     File { what: &'static str, path: String, reason: String },
     #[error("TLS configuration: {0}")]

@@ -195,6 +195,20 @@ async fn mutual_tls_matches_etcd() {
     }
 }
 
+/// etcd quirk: `--trusted-ca-file` without `--client-cert-auth` still requires client certificates.
+#[tokio::test]
+async fn trusted_ca_alone_requires_client_certs_like_etcd() {
+    let certs = gen_certs();
+    for kind in KINDS {
+        let mut flags = server_flags(certs.path(), false);
+        flags.push(path_arg("trusted-ca-file", &certs.path().join("ca.crt")));
+        let good = client_files(certs.path(), Some("client"));
+        let server = start(kind, good.clone(), &flags).await;
+        assert!(grpc_range(&server, &client_files(certs.path(), None)).await.is_err(), "{kind}: no cert accepted");
+        grpc_range(&server, &good).await.unwrap_or_else(|e| panic!("{kind}: client cert refused: {e}"));
+    }
+}
+
 #[tokio::test]
 async fn cipher_suite_restriction_matches_etcd() {
     let certs = gen_certs();

@@ -94,16 +94,15 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
     let versions = protocol_versions(settings);
 
     let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) else {
-        return Err(TlsError::File {
-            what: "TLS key/cert",
-            path: String::new(),
-            reason: "--cert-file and --key-file must both be given".into(),
-        });
+        return Err(TlsError::MissingCertOrKey);
     };
     let resolver = Arc::new(ReloadingCert::load(cert.clone(), key.clone(), provider.clone())?);
 
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let builder = match (&settings.trusted_ca_file, settings.client_cert_auth) {
+        // etcd quirk: a trusted CA file alone already requires client certificates (its
+        // `TLSInfo.ServerConfig` sets RequireAndVerifyClientCert for either setting); pinned by
+        // compat test `trusted_ca_alone_requires_client_certs_like_etcd`.
         (Some(ca), _) => {
             let mut roots = RootCertStore::empty();
             for der in read_certs(ca, "trusted CA file")? {
@@ -482,6 +481,8 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(server_config(&s), Err(TlsError::ClientAuthWithoutCa)));
+        let no_key = TlsSettings { key_file: None, ..s.clone() };
+        assert!(matches!(server_config(&no_key), Err(TlsError::MissingCertOrKey)));
         s.trusted_ca_file = Some(dir.path().join("ca.crt"));
         let config = server_config(&s).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
