@@ -194,6 +194,17 @@ pub const CLIENT_TLS_FLAGS: &[&str] = &[
     "tls-max-version",
 ];
 
+/// `--help` lines for [`CLIENT_TLS_FLAGS`], in the same order.
+const CLIENT_TLS_HELP: &[&str] = &[
+    "Path to the client server TLS cert file (PEM)",
+    "Path to the client server TLS key file (PEM)",
+    "Path to the client server TLS trusted CA cert file; client certificates are then required",
+    "Require and verify client certificates against --trusted-ca-file",
+    "Comma-separated list of TLS 1.2 cipher suites, by Go name (default: all rustls supports)",
+    "Minimum TLS version: TLS1.2 or TLS1.3",
+    "Maximum TLS version: TLS1.2 or TLS1.3",
+];
+
 /// The keys etcd reads inside the YAML `client-transport-security:` block that Keel acts on.
 const YAML_TLS_BLOCK_KEYS: &[&str] = &["cert-file", "key-file", "trusted-ca-file", "client-cert-auth"];
 
@@ -1535,7 +1546,7 @@ fn command() -> Command {
              snake case (--data-dir is ETCD_DATA_DIR; --storage-engine is KEEL_STORAGE_ENGINE). Flags \
              take precedence over the environment. With --config-file, the YAML file is used and \
              other flags and variables are ignored, as in etcd (except --storage-engine). The other \
-             flags of etcd 3.5.16 are accepted and ignored with a warning.",
+             flags of etcd 3.5.16 (peer TLS among them) are accepted and ignored with a warning.",
         );
     for f in KEEL_FLAGS {
         let help = if f.default.is_empty() {
@@ -1559,7 +1570,12 @@ fn command() -> Command {
         );
     }
     for (name, arity) in IGNORED_ETCD_FLAGS {
-        let arg = Arg::new(*name).long(*name).hide(true).action(ArgAction::Set);
+        let help = CLIENT_TLS_FLAGS.iter().position(|f| f == name).map(|i| CLIENT_TLS_HELP[i]);
+        let arg = Arg::new(*name).long(*name).hide(help.is_none()).action(ArgAction::Set);
+        let arg = match help {
+            Some(help) => arg.help(format!("{help} [env: {}]", env_var(name))),
+            None => arg,
+        };
         cmd = cmd.arg(match arity {
             FlagArity::Value => arg.num_args(1).allow_hyphen_values(true),
             FlagArity::Bool => {
@@ -1625,6 +1641,10 @@ mod tests {
 
     #[test]
     fn command_definition_is_consistent() {
+        assert_eq!(CLIENT_TLS_FLAGS.len(), CLIENT_TLS_HELP.len());
+        for name in CLIENT_TLS_FLAGS {
+            assert!(IGNORED_ETCD_FLAGS.iter().any(|(n, _)| n == name), "{name} is parsed as an etcd flag");
+        }
         command().debug_assert();
         let mut names: Vec<&str> = all_flag_names().collect();
         let count = names.len();
@@ -2145,6 +2165,7 @@ mod tests {
             assert!(text.contains("--data-dir"), "{text}");
             assert!(text.contains("ETCD_DATA_DIR"), "{text}");
             assert!(!text.contains("--auto-tls"), "ignored flags stay out of the help");
+            assert!(text.contains("--trusted-ca-file") && text.contains("ETCD_CLIENT_CERT_AUTH"), "{text}");
         }
     }
 
