@@ -8,7 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use compat_tests::etcdctl::{cmd, mask_output, run_cmd, Mask};
-use compat_tests::server::{connect, probe_range, workspace_root, Server, ServerKind, TlsClientFiles};
+use compat_tests::server::{
+    connect, etcd_bin_dir, free_port, keel_bin, probe_range, server_command, workspace_root, Server, ServerKind,
+    TlsClientFiles,
+};
 
 const KINDS: [ServerKind; 2] = [ServerKind::Etcd, ServerKind::Keel];
 
@@ -228,21 +231,51 @@ async fn cipher_suite_restriction_matches_etcd() {
     }
 }
 
-#[tokio::test]
-async fn unknown_cipher_suite_fails_the_start_like_etcd() {
+/// Runs the server binary directly (no readiness probe, no port retries) and waits for it to
+/// exit on its own, as a start-up failure does; returns the exit success and the whole log.
+fn run_to_exit(kind: ServerKind, flags: &[String]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = match kind {
+        ServerKind::Etcd => etcd_bin_dir().join("etcd"),
+        ServerKind::Keel => keel_bin(),
+    };
+    let log = dir.path().join("server.log");
+    let client = format!("https://127.0.0.1:{}", free_port().unwrap());
+    let peer = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let mut child = server_command(&binary, dir.path(), &log)
+        .unwrap()
+        .args(["--data-dir", "data", "--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .arg(format!("--initial-cluster=default={peer}"))
+        .args(flags)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{kind} kept running: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.success(), std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn unknown_cipher_suite_fails_the_start_like_etcd() {
     let certs = gen_certs();
     for kind in KINDS {
         let mut flags = server_flags(certs.path(), false);
         flags.push("--cipher-suites=TLS_NO_SUCH_SUITE".to_string());
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        match Server::start_tls(kind, client_files(certs.path(), None), &flags).await {
-            Ok(_) => panic!("{kind} started with an unknown cipher suite"),
-            Err(e) => {
-                // etcd logs JSON, where the quotes are escaped.
-                let text = e.to_string().replace("\\\"", "\"");
-                assert!(text.contains("unexpected TLS cipher suite \"TLS_NO_SUCH_SUITE\""), "{kind}: {text}");
-            }
-        }
+        let (ok, log) = run_to_exit(kind, &flags);
+        assert!(!ok, "{kind} exited successfully");
+        // etcd logs JSON, where the quotes are escaped.
+        let log = log.replace("\\\"", "\"");
+        assert!(log.contains("unexpected TLS cipher suite \"TLS_NO_SUCH_SUITE\""), "{kind}: {log}");
     }
 }
 
