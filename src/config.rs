@@ -8,7 +8,10 @@
 //! so a misspelt flag is an error even then. Keel does the same, with one exception: its own
 //! `--storage-engine` (env `KEEL_STORAGE_ENGINE`) still applies, since etcd's files cannot name it.
 //!
-//! The etcd flags Keel does not act on (TLS, discovery, metrics, tuning knobs...) are accepted in
+//! The client-side TLS flags (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`,
+//! `--cipher-suites`, `--tls-min-version`, `--tls-max-version`, and the YAML
+//! `client-transport-security:` block) are read into [`TlsSettings`]; `api/tls.rs` builds them.
+//! The etcd flags Keel does not act on (peer TLS, discovery, metrics, tuning knobs...) are accepted in
 //! every shape etcd accepts and each produces one warning; a flag name etcd 3.5.16 does not know
 //! is an error. Environment variables are read from a map handed in rather than through clap's
 //! `env` support, so tests can supply them and error messages can name the variable at fault.
@@ -64,7 +67,7 @@ pub enum FlagArity {
     Bool,
 }
 
-/// Every flag etcd 3.5.16 accepts that Keel does not act on, checked against `etcd --help` and by
+/// Every flag etcd 3.5.16 accepts that Keel does not act on (apart from [`CLIENT_TLS_FLAGS`]), checked against `etcd --help` and by
 /// probing the real binary. The `cluster-*`, `config`, `force`, `peer-*-interval`,
 /// `retry-interval`, `snapshot`, `v`, `vv` and `test.*` entries are etcd's own legacy flags,
 /// which etcd itself accepts and ignores.
@@ -179,14 +182,36 @@ pub const IGNORED_ETCD_FLAGS: &[(&str, FlagArity)] = {
     ]
 };
 
+/// The entries of [`IGNORED_ETCD_FLAGS`] that Keel does act on: parsed in the same Go shapes, but
+/// read into [`Config::client_tls`] instead of being warned about.
+pub const CLIENT_TLS_FLAGS: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-cert-auth",
+    "cipher-suites",
+    "tls-min-version",
+    "tls-max-version",
+];
+
+/// `--help` lines for [`CLIENT_TLS_FLAGS`], in the same order.
+const CLIENT_TLS_HELP: &[&str] = &[
+    "Path to the client server TLS cert file (PEM)",
+    "Path to the client server TLS key file (PEM)",
+    "Path to the client server TLS trusted CA cert file; client certificates are then required",
+    "Require and verify client certificates against --trusted-ca-file",
+    "Comma-separated list of TLS 1.2 cipher suites, by Go name (default: all rustls supports)",
+    "Minimum TLS version: TLS1.2 or TLS1.3",
+    "Maximum TLS version: TLS1.2 or TLS1.3",
+];
+
+/// The keys etcd reads inside the YAML `client-transport-security:` block that Keel acts on.
+const YAML_TLS_BLOCK_KEYS: &[&str] = &["cert-file", "key-file", "trusted-ca-file", "client-cert-auth"];
+
 /// Config-file keys of etcd 3.5.16 that are not flag names (nested TLS and socket sections, and a
 /// key spelt differently from its flag); accepted and ignored like the flags above.
-const IGNORED_YAML_ONLY_KEYS: &[&str] = &[
-    "client-transport-security",
-    "peer-transport-security",
-    "socket-options",
-    "experimental-snapshot-catch-up-entries",
-];
+const IGNORED_YAML_ONLY_KEYS: &[&str] =
+    &["peer-transport-security", "socket-options", "experimental-snapshot-catch-up-entries"];
 
 /// How a Keel-understood value is written, which decides how a YAML value is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -539,6 +564,58 @@ pub struct Config {
     pub watch_progress_notify_interval: Duration,
     /// The YAML file the configuration came from, if any.
     pub config_file: Option<PathBuf>,
+    /// TLS for the `https://` client listeners.
+    pub client_tls: TlsSettings,
+}
+
+/// One side's TLS settings in etcd's terms (its `transport.TLSInfo` plus the process-wide
+/// `--cipher-suites` / `--tls-*-version`), kept as text: `api::tls` turns them into a rustls
+/// configuration and reports what it cannot use. The peer side will fill one from `--peer-*`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    pub client_cert_auth: bool,
+    /// Go cipher-suite names, as given.
+    pub cipher_suites: Vec<String>,
+    /// `TLS1.2` or `TLS1.3`; `None` for etcd's default (TLS 1.2 minimum, newest maximum).
+    pub min_version: Option<String>,
+    pub max_version: Option<String>,
+}
+
+/// etcd's accepted `--tls-min-version` / `--tls-max-version` values.
+pub const TLS_VERSIONS: &[&str] = &["TLS1.2", "TLS1.3"];
+
+impl TlsSettings {
+    /// Whether a serving certificate was configured.
+    pub fn has_cert(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
+
+    /// etcd's flag checks for the TLS versions and cipher suites, with its messages (seen from
+    /// 3.5.16's "failed to verify flags"). Suite names are checked when the TLS config is built.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for version in [&self.min_version, &self.max_version].into_iter().flatten() {
+            if !TLS_VERSIONS.contains(&version.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "unexpected TLS version {version:?} (must be one of: {})",
+                    TLS_VERSIONS.join(", ")
+                )));
+            }
+        }
+        if let (Some(min), Some(max)) = (&self.min_version, &self.max_version) {
+            // The two names sort in version order.
+            if min > max {
+                return Err(ConfigError::Invalid(format!("min version ({min}) is greater than max version ({max})")));
+            }
+        }
+        // Go cannot restrict TLS 1.3 suites, so etcd refuses a list that could only apply to 1.3.
+        if self.min_version.as_deref() == Some("TLS1.3") && !self.cipher_suites.is_empty() {
+            return Err(ConfigError::Invalid("cipher suites cannot be configured when only TLS1.3 is enabled".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -567,6 +644,7 @@ impl Default for Config {
             storage_engine: StorageEngine::Redb,
             watch_progress_notify_interval: DEFAULT_PROGRESS_NOTIFY,
             config_file: None,
+            client_tls: TlsSettings::default(),
         }
     }
 }
@@ -653,6 +731,14 @@ impl Config {
             return fail("--experimental-watch-progress-notify-interval must be >0".to_string());
         }
         parse_retention(self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        self.client_tls.validate()?;
+        if let Some(url) = self.listen_client_urls.iter().find(|u| u.is_tls()) {
+            if !self.client_tls.has_cert() {
+                return fail(format!(
+                    "TLS key/cert (--cert-file, --key-file) must be provided for client url {url} with HTTPS scheme"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -825,6 +911,9 @@ fn load(args: Vec<String>, env: &HashMap<String, String>) -> Result<(Config, Vec
         let Some(setting) = settings.get(name) else {
             continue;
         };
+        if CLIENT_TLS_FLAGS.contains(name) {
+            continue;
+        }
         // clap has already checked booleans given as flags, and file values of ignored keys are
         // never read.
         if *arity == FlagArity::Bool && matches!(setting.origin, Origin::Env(_)) {
@@ -960,6 +1049,12 @@ fn yaml_settings(text: &str, path: &str, warnings: &mut Vec<String>) -> Result<S
             if let Some(text) = text {
                 settings.insert(flag.name, Setting { value: text, origin: Origin::File(path.to_string()) });
             }
+        } else if let Some(name) = CLIENT_TLS_FLAGS.iter().find(|name| **name == key) {
+            if let Some(text) = yaml_tls_value(&value).map_err(|e| bad(format!("{key}: {e}")))? {
+                settings.insert(name, Setting { value: text, origin: Origin::File(path.to_string()) });
+            }
+        } else if key == "client-transport-security" {
+            yaml_tls_block(&value, path, &mut settings, warnings).map_err(|e| bad(format!("{key}: {e}")))?;
         } else if let Some((name, _)) = IGNORED_ETCD_FLAGS.iter().find(|(name, _)| *name == key) {
             settings.insert(name, Setting { value: String::new(), origin: Origin::File(path.to_string()) });
         } else if IGNORED_YAML_ONLY_KEYS.contains(&key.as_str()) {
@@ -969,6 +1064,53 @@ fn yaml_settings(text: &str, path: &str, warnings: &mut Vec<String>) -> Result<S
         }
     }
     Ok(settings)
+}
+
+/// etcd's `client-transport-security:` block: the file, CA and client-auth keys become the flag
+/// settings of the same name; other keys (`auto-tls`, `client-cert-file`...) are warned about.
+fn yaml_tls_block(value: &Yaml, path: &str, settings: &mut Settings, warnings: &mut Vec<String>) -> Result<(), String> {
+    let map = match value {
+        Yaml::Null => return Ok(()),
+        Yaml::Mapping(map) => map,
+        other => return Err(format!("expected a mapping, found {}", yaml_kind(other))),
+    };
+    for (key, value) in map {
+        let Yaml::String(key) = key else {
+            return Err(format!("option names must be strings, found {}", yaml_kind(key)));
+        };
+        match YAML_TLS_BLOCK_KEYS.iter().find(|name| **name == key) {
+            Some(name) => {
+                if let Some(text) = yaml_tls_value(value).map_err(|e| format!("{key}: {e}"))? {
+                    settings.insert(name, Setting { value: text, origin: Origin::File(path.to_string()) });
+                }
+            }
+            None => warnings.push(format!(
+                "config file key client-transport-security.{key} is accepted for etcd compatibility but ignored by keel"
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// A TLS key's YAML value as flag text: strings, booleans, and lists of strings (etcd's
+/// `cipher-suites` is a list in the file, comma-separated on the command line).
+fn yaml_tls_value(value: &Yaml) -> Result<Option<String>, String> {
+    match value {
+        Yaml::Null => Ok(None),
+        Yaml::String(s) => Ok(Some(s.clone())),
+        Yaml::Bool(b) => Ok(Some(b.to_string())),
+        Yaml::Sequence(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Yaml::String(s) => out.push(s.clone()),
+                    other => return Err(format!("expected a string, found {}", yaml_kind(other))),
+                }
+            }
+            Ok(Some(out.join(",")))
+        }
+        other => Err(format!("expected a string, found {}", yaml_kind(other))),
+    }
 }
 
 /// Turns one YAML value into the text a flag would carry. Numbers are strict, as in etcd (whose
@@ -1024,6 +1166,26 @@ fn yaml_kind(value: &Yaml) -> String {
         Yaml::Mapping(_) => "a mapping".to_string(),
         Yaml::Tagged(t) => format!("a value tagged {}", t.tag),
     }
+}
+
+/// The client TLS settings. As with Go's flags, an empty value means unset.
+fn tls_settings(settings: &Settings) -> Result<TlsSettings, ConfigError> {
+    let text = |name: &str| settings.get(name).map(|s| s.value.clone()).filter(|v| !v.is_empty());
+    let client_cert_auth = match settings.get("client-cert-auth").filter(|s| !s.value.is_empty()) {
+        Some(s) => parse_go_bool(&s.value).map_err(|reason| s.invalid("client-cert-auth", reason))?,
+        None => false,
+    };
+    Ok(TlsSettings {
+        cert_file: text("cert-file").map(PathBuf::from),
+        key_file: text("key-file").map(PathBuf::from),
+        trusted_ca_file: text("trusted-ca-file").map(PathBuf::from),
+        client_cert_auth,
+        cipher_suites: text("cipher-suites")
+            .map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
+            .unwrap_or_default(),
+        min_version: text("tls-min-version"),
+        max_version: text("tls-max-version"),
+    })
 }
 
 /// Turns the gathered settings into a typed configuration, applying etcd's defaults.
@@ -1117,6 +1279,7 @@ fn build(settings: &Settings, warnings: &mut Vec<String>) -> Result<Config, Conf
             }
         };
     }
+    config.client_tls = tls_settings(settings)?;
     if let Some(s) = get("logger") {
         config.logger = match s.value.as_str() {
             "" | "zap" => Logger::Zap,
@@ -1383,7 +1546,7 @@ fn command() -> Command {
              snake case (--data-dir is ETCD_DATA_DIR; --storage-engine is KEEL_STORAGE_ENGINE). Flags \
              take precedence over the environment. With --config-file, the YAML file is used and \
              other flags and variables are ignored, as in etcd (except --storage-engine). The other \
-             flags of etcd 3.5.16 are accepted and ignored with a warning.",
+             flags of etcd 3.5.16 (peer TLS among them) are accepted and ignored with a warning.",
         );
     for f in KEEL_FLAGS {
         let help = if f.default.is_empty() {
@@ -1407,7 +1570,12 @@ fn command() -> Command {
         );
     }
     for (name, arity) in IGNORED_ETCD_FLAGS {
-        let arg = Arg::new(*name).long(*name).hide(true).action(ArgAction::Set);
+        let help = CLIENT_TLS_FLAGS.iter().position(|f| f == name).map(|i| CLIENT_TLS_HELP[i]);
+        let arg = Arg::new(*name).long(*name).hide(help.is_none()).action(ArgAction::Set);
+        let arg = match help {
+            Some(help) => arg.help(format!("{help} [env: {}]", env_var(name))),
+            None => arg,
+        };
         cmd = cmd.arg(match arity {
             FlagArity::Value => arg.num_args(1).allow_hyphen_values(true),
             FlagArity::Bool => {
@@ -1473,6 +1641,10 @@ mod tests {
 
     #[test]
     fn command_definition_is_consistent() {
+        assert_eq!(CLIENT_TLS_FLAGS.len(), CLIENT_TLS_HELP.len());
+        for name in CLIENT_TLS_FLAGS {
+            assert!(IGNORED_ETCD_FLAGS.iter().any(|(n, _)| n == name), "{name} is parsed as an etcd flag");
+        }
         command().debug_assert();
         let mut names: Vec<&str> = all_flag_names().collect();
         let count = names.len();
@@ -1548,8 +1720,12 @@ mod tests {
                 vec![
                     ("listen-client-urls", "http://127.0.0.1:32379,https://[::1]:32381"),
                     ("advertise-client-urls", "http://10.0.0.1:32379"),
+                    // An https:// listener needs a serving certificate, as in etcd.
+                    ("cert-file", "/tls/server.crt"),
+                    ("key-file", "/tls/server.key"),
                 ],
                 |c| {
+                    assert!(c.client_tls.has_cert());
                     assert_eq!(
                         c.client_listen_addrs(),
                         vec!["127.0.0.1:32379".parse().unwrap(), "[::1]:32381".parse().unwrap()]
@@ -1662,7 +1838,8 @@ mod tests {
         for (set, check) in flag_cases() {
             let mut text = String::new();
             for (name, value) in &set {
-                let kind = KEEL_FLAGS.iter().find(|f| f.name == *name).unwrap().kind;
+                // The client TLS keys are strings in the file.
+                let kind = KEEL_FLAGS.iter().find(|f| f.name == *name).map_or(Kind::Str, |f| f.kind);
                 match kind {
                     Kind::Uint | Kind::Int => text.push_str(&format!("{name}: {value}\n")),
                     _ => text.push_str(&format!("{name}: \"{value}\"\n")),
@@ -1755,14 +1932,15 @@ mod tests {
 
         // Ignored etcd keys warn; unknown keys warn; null leaves the default.
         let file =
-            yaml_file("enable-pprof: true\nclient-transport-security:\n  cert-file: /x\nno-such-key: 1\nname: ~\n");
+            yaml_file("enable-pprof: true\nclient-transport-security:\n  cert-file: /x\n  auto-tls: true\nno-such-key: 1\nname: ~\n");
         let path = path_of(&file);
         let (config, warnings) = ok(&["--config-file", &path], &[]);
         assert_eq!(config.name, "default");
+        assert_eq!(config.client_tls.cert_file, Some(PathBuf::from("/x")));
         assert_eq!(
             warnings,
             vec![
-                "config file key client-transport-security is accepted for etcd compatibility but ignored by keel"
+                "config file key client-transport-security.auto-tls is accepted for etcd compatibility but ignored by keel"
                     .to_string(),
                 format!("unknown key \"no-such-key\" in config file {path} is ignored (etcd ignores it too)"),
                 ignored_warning("enable-pprof"),
@@ -1817,14 +1995,15 @@ mod tests {
             &[("ETCD_UNSAFE_NO_FSYNC", "true"), ("ETCD_LISTEN_METRICS_URLS", "http://127.0.0.1:2381")],
         );
         assert_eq!(config.snapshot_count, 5);
+        // The client TLS flags are read, not warned about.
+        assert_eq!(config.client_tls.cert_file, Some(PathBuf::from("/etc/ssl/server.crt")));
+        assert_eq!(config.client_tls.key_file, Some(PathBuf::from("/etc/ssl/server.key")));
+        assert!(!config.client_tls.client_cert_auth);
         let mut expected: Vec<String> = [
             "auto-tls",
-            "cert-file",
-            "client-cert-auth",
             "discovery-srv",
             "enable-v2",
             "experimental-initial-corrupt-check",
-            "key-file",
             "listen-metrics-urls",
             "peer-auto-tls",
             "unsafe-no-fsync",
@@ -1837,6 +2016,57 @@ mod tests {
         warnings.sort();
         expected.sort();
         assert_eq!(warnings, expected);
+    }
+
+    #[test]
+    fn client_tls_settings_and_etcd_checks() {
+        let https = "--listen-client-urls=https://127.0.0.1:2379";
+        let adv = "--advertise-client-urls=https://127.0.0.1:2379";
+        let (config, warnings) = ok(
+            &[
+                https,
+                adv,
+                "--cert-file=s.crt",
+                "--key-file=s.key",
+                "--cipher-suites",
+                "A, B",
+                "--tls-min-version=TLS1.2",
+            ],
+            &[("ETCD_CLIENT_CERT_AUTH", "true"), ("ETCD_TRUSTED_CA_FILE", "ca.crt")],
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let tls = &config.client_tls;
+        assert!(tls.client_cert_auth && tls.has_cert());
+        assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("ca.crt")));
+        assert_eq!(tls.cipher_suites, vec!["A".to_string(), "B".to_string()]);
+        assert_eq!(tls.min_version.as_deref(), Some("TLS1.2"));
+        // Messages as etcd 3.5.16 prints them.
+        assert_eq!(
+            err(&[https, adv], &[]),
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:2379 with HTTPS scheme"
+        );
+        assert_eq!(
+            err(&["--tls-max-version=TLS1.1"], &[]),
+            "unexpected TLS version \"TLS1.1\" (must be one of: TLS1.2, TLS1.3)"
+        );
+        assert_eq!(
+            err(&["--tls-min-version=TLS1.3", "--tls-max-version=TLS1.2"], &[]),
+            "min version (TLS1.3) is greater than max version (TLS1.2)"
+        );
+        assert_eq!(
+            err(&["--tls-min-version=TLS1.3", "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"], &[]),
+            "cipher suites cannot be configured when only TLS1.3 is enabled"
+        );
+        // The YAML shape: the client-transport-security block plus top-level version and suites.
+        let file = yaml_file(
+            "client-transport-security:\n  cert-file: a.crt\n  key-file: a.key\n  client-cert-auth: true\n\
+             cipher-suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\ntls-max-version: TLS1.3\n",
+        );
+        let (config, warnings) = ok(&["--config-file", &path_of(&file)], &[]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(config.client_tls.client_cert_auth && config.client_tls.has_cert());
+        assert_eq!(config.client_tls.cipher_suites, vec!["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_string()]);
+        assert_eq!(config.client_tls.max_version.as_deref(), Some("TLS1.3"));
     }
 
     #[test]
@@ -1874,7 +2104,11 @@ mod tests {
         assert_eq!(config.peer_listen_addrs(), vec!["10.0.0.1:2380".parse().unwrap()]);
         assert_eq!(config.snapshot_count, 10000);
         assert_eq!(config.watch_progress_notify_interval, Duration::from_secs(5));
-        assert_eq!(warnings.len(), 10, "{warnings:?}");
+        assert_eq!(config.client_tls.cert_file, Some(PathBuf::from("/etc/kubernetes/pki/etcd/server.crt")));
+        assert_eq!(config.client_tls.trusted_ca_file, Some(PathBuf::from("/etc/kubernetes/pki/etcd/ca.crt")));
+        assert!(config.client_tls.client_cert_auth);
+        // The four client TLS flags are acted on, so only the other six warn.
+        assert_eq!(warnings.len(), 6, "{warnings:?}");
     }
 
     #[test]
@@ -1931,6 +2165,7 @@ mod tests {
             assert!(text.contains("--data-dir"), "{text}");
             assert!(text.contains("ETCD_DATA_DIR"), "{text}");
             assert!(!text.contains("--auto-tls"), "ignored flags stay out of the help");
+            assert!(text.contains("--trusted-ca-file") && text.contains("ETCD_CLIENT_CERT_AUTH"), "{text}");
         }
     }
 

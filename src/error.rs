@@ -182,3 +182,27 @@ impl From<SnapshotError> for Error {
         Error::Internal(format!("snapshot: {e}"))
     }
 }
+
+/// Failures turning etcd's TLS settings into a rustls configuration, at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// etcd's wording (its `tlsutil.GetCipherSuite` lookup failing) for a name Go does not know.
+    #[error("unexpected TLS cipher suite {0:?}")]
+    UnknownCipherSuite(String),
+    /// Every named TLS 1.2 suite is one Go knows but rustls does not implement (CBC, RSA key
+    /// exchange, RC4, 3DES), so TLS 1.2 would have no suite left.
+    #[error("none of the TLS 1.2 cipher suites {0:?} is supported by keel (only ECDHE with AES-GCM or ChaCha20-Poly1305 is)")]
+    NoSupportedCipherSuite(Vec<String>),
+    /// Go would fall back to the system's CA store; Keel does not read it.
+    #[error("--client-cert-auth needs --trusted-ca-file: keel does not use the system certificate store")]
+    ClientAuthWithoutCa,
+    /// `Config::validate` words this as etcd does for client URLs; this is the builder's own check.
+    #[error("TLS key/cert (--cert-file, --key-file) must both be provided")]
+    MissingCertOrKey,
+    #[error("{what} {path}: {reason}")]
+    File { what: &'static str, path: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+}

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::apply::applier::Applier;
 use crate::config::Config;
@@ -41,6 +39,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
 /// Bind, boot and start serving; returns once the server is ready for clients.
 pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Running> {
+    // TLS settings are checked before anything binds, so a bad certificate fails the start.
+    let https: Vec<bool> =
+        config.listen_client_urls.iter().filter(|u| u.socket_addr().is_some()).map(|u| u.is_tls()).collect();
+    let acceptor = crate::api::tls::client_acceptor(&config.client_tls, https.contains(&true))?;
     let listeners = bind_all(&config.client_listen_addrs()).await?;
     let client_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
@@ -116,14 +118,9 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     }
 
     let routes = crate::api::routes(node.clone(), config.grpc_max_recv_bytes());
-    // Small responses must not wait for the peer's delayed ACK (Nagle): etcd's Go server sets
-    // TCP_NODELAY on every connection, and without it each read answers ~40 ms late.
-    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new)).map(|conn| {
-        conn.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
-    });
+    // One stream of plain and TLS connections (TLS for the https:// URLs), TCP_NODELAY on each.
+    let listeners = listeners.into_iter().zip(https).map(|(l, tls)| (l, tls.then(|| acceptor.clone()).flatten()));
+    let incoming = crate::api::tls::incoming(listeners.collect());
     let serving_node = node.clone();
     let stopping = node.clone();
     let shutdown = async move {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use keel::proto::etcdserverpb::kv_client::KvClient;
 use keel::proto::etcdserverpb::lease_client::LeaseClient;
 use keel::proto::etcdserverpb::RangeRequest;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How long a server gets to answer its first Range after being spawned.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -157,9 +157,12 @@ pub fn file_tail(path: &Path, lines: usize) -> String {
 /// Connects a channel to `endpoint` with harness timeouts on connect and on every request.
 pub async fn connect(endpoint: &str) -> Result<Channel, HarnessError> {
     let ep = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| HarnessError::Connect { endpoint: endpoint.to_string(), reason: e.to_string() })?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(RPC_TIMEOUT);
+        .map_err(|e| HarnessError::Connect { endpoint: endpoint.to_string(), reason: e.to_string() })?;
+    dial(ep, endpoint).await
+}
+
+async fn dial(ep: Endpoint, endpoint: &str) -> Result<Channel, HarnessError> {
+    let ep = ep.connect_timeout(Duration::from_secs(2)).timeout(RPC_TIMEOUT);
     match tokio::time::timeout(Duration::from_secs(3), ep.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(HarnessError::Connect { endpoint: endpoint.to_string(), reason: format!("{e:?}") }),
@@ -169,9 +172,56 @@ pub async fn connect(endpoint: &str) -> Result<Channel, HarnessError> {
     }
 }
 
+/// The PEM files a TLS client presents: the CA that signed the server, and optionally its own
+/// certificate and key (for servers started with `--client-cert-auth` or `--trusted-ca-file`).
+#[derive(Clone, Debug)]
+pub struct TlsClientFiles {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsClientFiles {
+    /// The `etcdctl` flags for these files.
+    pub fn etcdctl_args(&self) -> Vec<String> {
+        let mut out = vec![format!("--cacert={}", self.ca.display())];
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            out.push(format!("--cert={}", cert.display()));
+            out.push(format!("--key={}", key.display()));
+        }
+        out
+    }
+
+    /// tonic's client TLS configuration for these files (server name `localhost`, which the
+    /// certificates of `scripts/gen-certs.sh` carry).
+    pub fn tonic_config(&self) -> Result<ClientTlsConfig, HarnessError> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| HarnessError::io(format!("reading {}", p.display()), e));
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca)?)).domain_name("localhost");
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(config)
+    }
+}
+
+/// Like [`connect`], over TLS with `files`.
+pub async fn connect_tls(endpoint: &str, files: &TlsClientFiles) -> Result<Channel, HarnessError> {
+    let failed = |reason: String| HarnessError::Connect { endpoint: endpoint.to_string(), reason };
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| failed(e.to_string()))?
+        .tls_config(files.tonic_config()?)
+        .map_err(|e| failed(e.to_string()))?;
+    dial(ep, endpoint).await
+}
+
 /// One linearizable Range on `endpoint`: Ok once the server answers it (so it has a leader).
 pub async fn probe_range(endpoint: &str) -> Result<(), String> {
     let channel = connect(endpoint).await.map_err(|e| e.to_string())?;
+    probe_range_on(channel).await
+}
+
+async fn probe_range_on(channel: Channel) -> Result<(), String> {
     let mut kv = KvClient::new(channel);
     let request = RangeRequest { key: b"compat-readiness-probe".to_vec(), ..Default::default() };
     match tokio::time::timeout(Duration::from_secs(2), kv.range(request)).await {
@@ -214,6 +264,8 @@ pub struct Server {
     env: Vec<(String, String)>,
     /// Flags appended to the standard ones (both servers take etcd's flag names).
     extra_args: Vec<String>,
+    /// Set for a server whose client URL is `https://`: what the harness's own clients present.
+    tls: Option<TlsClientFiles>,
 }
 
 impl Server {
@@ -247,6 +299,16 @@ impl Server {
         Server::start_full(kind, &[], extra_args, &mut |_, _| Ok(())).await
     }
 
+    /// Starts a server whose client URL is `https://`, with `extra_args` carrying its TLS flags
+    /// (`--cert-file`...); the harness's readiness probe and clients connect with `client`.
+    pub async fn start_tls(
+        kind: ServerKind,
+        client: TlsClientFiles,
+        extra_args: &[&str],
+    ) -> Result<Server, HarnessError> {
+        Server::start_inner(kind, &[], extra_args, Some(client), &mut |_, _| Ok(())).await
+    }
+
     /// Starts a server on a data directory that `prepare` builds first (e.g. by restoring a
     /// snapshot), given the data directory (not yet existing) and the peer URL the server will use.
     /// Called again, on a clean directory, if the start is retried on new ports.
@@ -263,6 +325,16 @@ impl Server {
         kind: ServerKind,
         env: &[(&str, &str)],
         extra_args: &[&str],
+        prepare: &mut (dyn FnMut(&Path, &str) -> Result<(), HarnessError> + Send),
+    ) -> Result<Server, HarnessError> {
+        Server::start_inner(kind, env, extra_args, None, prepare).await
+    }
+
+    async fn start_inner(
+        kind: ServerKind,
+        env: &[(&str, &str)],
+        extra_args: &[&str],
+        tls: Option<TlsClientFiles>,
         prepare: &mut (dyn FnMut(&Path, &str) -> Result<(), HarnessError> + Send),
     ) -> Result<Server, HarnessError> {
         let binary = match kind {
@@ -299,6 +371,7 @@ impl Server {
             child: None,
             env,
             extra_args,
+            tls,
         };
         // A port picked by free_port_pair can be taken by someone else before the server binds it:
         // only that failure is retried, with new ports and a clean data directory.
@@ -331,9 +404,18 @@ impl Server {
         self.kind
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://127.0.0.1:<client port>` (`https://` for a server started by [`Server::start_tls`]).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// A channel to the client port, over TLS when the server serves it.
+    pub async fn channel(&self) -> Result<Channel, HarnessError> {
+        match &self.tls {
+            Some(files) => connect_tls(&self.endpoint(), files).await,
+            None => connect(&self.endpoint()).await,
+        }
     }
 
     /// `127.0.0.1:<client port>`, the form etcdctl's `--endpoints` takes.
@@ -373,7 +455,7 @@ impl Server {
 
     /// A KV client on a fresh channel, with no response size limit (values may be large).
     pub async fn kv(&self) -> Result<KvClient<Channel>, HarnessError> {
-        Ok(KvClient::new(connect(&self.endpoint()).await?)
+        Ok(KvClient::new(self.channel().await?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX))
     }
@@ -398,7 +480,7 @@ impl Server {
 
     /// A Lease client on a fresh channel.
     pub async fn lease(&self) -> Result<LeaseClient<Channel>, HarnessError> {
-        Ok(LeaseClient::new(connect(&self.endpoint()).await?))
+        Ok(LeaseClient::new(self.channel().await?))
     }
 
     /// SIGKILLs the child (by its pid) and reaps it; the server stays down until [`Server::restart`].
@@ -501,7 +583,7 @@ impl Server {
     }
 
     async fn probe(&self) -> Result<(), String> {
-        probe_range(&self.endpoint()).await
+        probe_range_on(self.channel().await.map_err(|e| e.to_string())?).await
     }
 
     fn kill_child(&mut self) {

@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod pending;
 pub mod quota;
 pub mod status;
+pub mod tls;
 pub mod validate;
 pub mod watch;
 pub mod watch_wire;
