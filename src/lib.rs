@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod auto_compact;
 pub mod config;
 pub mod error;

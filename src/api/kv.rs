@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::api::auth::identity;
 use crate::api::{header, status::to_status, validate};
 use crate::apply::command::{Request as Cmd, Response as Applied};
 use crate::apply::txn::validate_txn;
@@ -34,9 +35,10 @@ fn unexpected(what: &str) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
         let req = request.into_inner();
         validate::range(&req).map_err(to_status)?;
-        let result = read::range(&self.node, &req).await.map_err(to_status)?;
+        let result = read::range_as(&self.node, &req, user.as_ref()).await.map_err(to_status)?;
         Ok(Response::new(RangeResponse {
             header: Some(header::header(&self.node, result.revision)),
             kvs: result.kvs,
@@ -46,9 +48,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
         let req = request.into_inner();
         validate::put(&req).map_err(to_status)?;
-        match propose::propose(&self.node, Cmd::Put(req)).await.map_err(to_status)? {
+        match propose::propose_as(&self.node, Cmd::Put(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::Put(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
                 Ok(Response::new(resp))
@@ -61,9 +64,10 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
         let req = request.into_inner();
         validate::delete_range(&req).map_err(to_status)?;
-        match propose::propose(&self.node, Cmd::DeleteRange(req)).await.map_err(to_status)? {
+        match propose::propose_as(&self.node, Cmd::DeleteRange(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::DeleteRange(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
                 Ok(Response::new(resp))
@@ -73,9 +77,10 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
         let req = request.into_inner();
         validate_txn(&req, self.node.limits.max_txn_ops).map_err(to_status)?;
-        match propose::propose(&self.node, Cmd::Txn(req)).await.map_err(to_status)? {
+        match propose::propose_as(&self.node, Cmd::Txn(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::Txn(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
                 Ok(Response::new(resp))
@@ -85,9 +90,10 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
         let req = request.into_inner();
         let physical = req.physical;
-        match propose::propose(&self.node, Cmd::Compaction(req)).await.map_err(to_status)? {
+        match propose::propose_as(&self.node, Cmd::Compaction(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::Compaction(resp), id) => {
                 // `physical`: answer only once the compacted revisions are gone from the backend.
                 if physical {

@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::auth::identity;
 use crate::api::{header, status::to_status};
 use crate::apply::command::{Request as Cmd, Response as Applied};
 use crate::error::Error;
@@ -50,6 +51,7 @@ impl Lease for LeaseService {
     type LeaseKeepAliveStream = KeepAliveStream;
 
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
         let mut req = request.into_inner();
         // etcd's server picks the id before proposing; the lessor raises a short TTL to the
         // minimum. Both happen here so the log carries the final values.
@@ -57,7 +59,7 @@ impl Lease for LeaseService {
             req.id = self.node.leases.unused_id();
         }
         req.ttl = req.ttl.max(self.node.leases.min_ttl());
-        match propose::propose(&self.node, Cmd::LeaseGrant(req)).await.map_err(to_status)? {
+        match propose::propose_as(&self.node, Cmd::LeaseGrant(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::LeaseGrant(mut resp), _) => {
                 self.node.leases.grant_applied();
                 resp.header = Some(header::complete(&self.node, resp.header));
@@ -71,8 +73,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
         let req = request.into_inner();
-        match propose::propose(&self.node, Cmd::LeaseRevoke(req)).await.map_err(to_status)? {
+        match propose::propose_as(&self.node, Cmd::LeaseRevoke(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::LeaseRevoke(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
                 Ok(Response::new(resp))

@@ -86,7 +86,9 @@ impl Maintenance for MaintenanceService {
     /// etcd's Snapshot: the database in 32 KiB blobs, each with the bytes still to come, then one
     /// message whose blob is the sha256 of everything sent (which `etcdctl snapshot save` checks
     /// and appends to the file). As in 3.5, the messages carry no header.
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        // Root only; etcd sends the auth error untranslated (Unknown `auth: permission denied`).
+        crate::api::auth::require_admin(&self.node, request.metadata())?;
         let node = self.node.clone();
         let (file, total) = tokio::task::spawn_blocking(move || snapshot_file(&node))
             .await

@@ -14,7 +14,7 @@ use crate::proto::etcdserverpb::{
 
 /// Who proposed a command. Mirrors etcd's `RequestHeader` inside `InternalRaftRequest`: the id lets
 /// the proposer match the applied result; username and auth revision are checked at apply time
-/// (auth arrives with a later issue, the fields are carried from the start so the log format holds).
+/// (`apply/auth_gate.rs`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CommandHeader {
     pub id: u64,
@@ -37,6 +37,8 @@ pub enum Request {
     LeaseRevoke(#[serde(with = "pb")] LeaseRevokeRequest),
     /// The leader's remaining-TTL snapshot of its leases (etcd's internal `LeaseCheckpoint`).
     LeaseCheckpoint(#[serde(with = "pb")] LeaseCheckpointRequest),
+    /// Every auth change and auth query (etcd 3.5 sends them all through raft).
+    Auth(crate::auth::request::AuthRequest),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -55,6 +57,7 @@ impl fmt::Display for RaftCommand {
             Request::LeaseGrant(_) => "lease_grant",
             Request::LeaseRevoke(_) => "lease_revoke",
             Request::LeaseCheckpoint(_) => "lease_checkpoint",
+            Request::Auth(_) => "auth",
         };
         write!(f, "{kind}#{}", self.header.id)
     }
@@ -73,10 +76,22 @@ impl RaftCommand {
             Request::LeaseGrant(r) => r.encoded_len(),
             Request::LeaseRevoke(r) => r.encoded_len(),
             Request::LeaseCheckpoint(r) => r.encoded_len(),
+            Request::Auth(r) => r.encoded_len(),
         };
         // field key + length prefix of the request, plus the header message
-        // (2-byte key for field 100, its length, and the id as a varint).
-        body + 1 + prost::length_delimiter_len(body) + 3 + 1 + prost::encoding::encoded_len_varint(self.header.id)
+        // (2-byte key for field 100, its length, and the id as a varint), plus the username and
+        // auth revision when a user is named.
+        let user = if self.header.username.is_empty() {
+            0
+        } else {
+            2 + self.header.username.len() + 1 + prost::encoding::encoded_len_varint(self.header.auth_revision)
+        };
+        body + 1
+            + prost::length_delimiter_len(body)
+            + 3
+            + 1
+            + prost::encoding::encoded_len_varint(self.header.id)
+            + user
     }
 }
 
@@ -92,6 +107,7 @@ pub enum Response {
     LeaseGrant(#[serde(with = "pb")] LeaseGrantResponse),
     LeaseRevoke(#[serde(with = "pb")] LeaseRevokeResponse),
     LeaseCheckpoint(#[serde(with = "pb")] LeaseCheckpointResponse),
+    Auth(crate::auth::request::AuthResponse),
 }
 
 /// What apply produced for one entry. A client-caused failure is a *result* (the same on every
@@ -127,6 +143,7 @@ pub enum ApplyError {
     Other(String),
     LeaseExists,
     LeaseTtlTooLarge,
+    Auth(crate::error::AuthError),
 }
 
 impl From<Error> for ApplyError {
@@ -144,6 +161,7 @@ impl From<Error> for ApplyError {
             Error::NoSpace => ApplyError::NoSpace,
             Error::LeaseExists => ApplyError::LeaseExists,
             Error::LeaseTtlTooLarge => ApplyError::LeaseTtlTooLarge,
+            Error::Auth(a) => ApplyError::Auth(a),
             other => ApplyError::Other(other.to_string()),
         }
     }
@@ -165,12 +183,13 @@ impl From<ApplyError> for Error {
             ApplyError::Other(m) => Error::Internal(m),
             ApplyError::LeaseExists => Error::LeaseExists,
             ApplyError::LeaseTtlTooLarge => Error::LeaseTtlTooLarge,
+            ApplyError::Auth(a) => Error::Auth(a),
         }
     }
 }
 
 /// serde adapter: a prost message as its protobuf bytes.
-mod pb {
+pub(crate) mod pb {
     use prost::Message;
     use serde::{Deserializer, Serializer};
 

@@ -2,6 +2,7 @@
 //! randomness, no raft), so every member that applies the same log holds the same data.
 
 pub mod applier;
+pub mod auth_gate;
 pub mod command;
 pub mod execute;
 pub mod txn;
