@@ -252,9 +252,12 @@ impl AuthStore {
                 AuthResponse::Enable(Default::default())
             }
             AuthRequest::Disable => {
+                // Unlike enabling, disabling bumps the auth revision (etcd's `AuthDisable` commits
+                // one), so tokens issued before it are stale if auth comes back.
                 if st.enabled {
                     st.enabled = false;
                     batch.put(TABLE, KEY_ENABLED.to_vec(), vec![0]);
+                    commit_revision(st, batch);
                     tokens.disable();
                 }
                 AuthResponse::Disable(Default::default())
