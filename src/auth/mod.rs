@@ -287,7 +287,7 @@ impl AuthStore {
                 if st.users.contains_key(&r.name) {
                     return Err(AuthError::UserAlreadyExist);
                 }
-                let options = r.options.clone().unwrap_or(UserAddOptions { no_password: false });
+                let options = r.options.unwrap_or(UserAddOptions { no_password: false });
                 let password = if options.no_password { Vec::new() } else { decode_hash(&r.hashed_password)? };
                 let user =
                     User { name: r.name.clone().into_bytes(), password, roles: Vec::new(), options: Some(options) };
