@@ -239,7 +239,7 @@ fn openssl(args: &[&str]) {
 
 fn b64url_decode(text: &str) -> Vec<u8> {
     let mut padded = text.replace('-', "+").replace('_', "/");
-    while padded.len() % 4 != 0 {
+    while !padded.len().is_multiple_of(4) {
         padded.push('=');
     }
     let out = Command::new("openssl")
