@@ -1506,7 +1506,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), count, "a flag is listed twice");
-        assert_eq!(IGNORED_ETCD_FLAGS.len(), 105);
+        assert_eq!(IGNORED_ETCD_FLAGS.len(), 102);
         assert!(VERSION_TEXT.ends_with(ETCD_API_VERSION));
     }
 
@@ -1640,6 +1640,11 @@ mod tests {
                 assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(5))
             }),
             case(vec![("storage-engine", "sled")], |c| assert_eq!(c.storage_engine, StorageEngine::Sled)),
+            case(vec![("auth-token", "jwt,sign-method=HS256,priv-key=k")], |c| {
+                assert_eq!(c.auth_token, "jwt,sign-method=HS256,priv-key=k")
+            }),
+            case(vec![("auth-token-ttl", "60")], |c| assert_eq!(c.auth_token_ttl, 60)),
+            case(vec![("bcrypt-cost", "4")], |c| assert_eq!(c.bcrypt_cost, 4)),
         ]
     }
 

@@ -232,6 +232,13 @@ async fn simple_tokens_look_like_etcds_and_bad_ones_are_refused_alike() {
     assert_eq!(seen[0], seen[1], "etcd (left) and the candidate (right) differ");
 }
 
+/// A Put with `token`: the status code and message a client sees (or "ok").
+async fn put_with_token(kv: &mut KvClient<tonic::transport::Channel>, token: &str, key: &str) -> String {
+    let mut req = tonic::Request::new(PutRequest { key: key.into(), value: "v".into(), ..Default::default() });
+    req.metadata_mut().insert("token", MetadataValue::try_from(token).unwrap());
+    kv.put(req).await.map(|_| "ok".to_string()).unwrap_or_else(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
 fn openssl(args: &[&str]) {
     let out = Command::new("openssl").args(args).output().expect("openssl runs");
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -353,20 +360,10 @@ async fn jwt_tokens_verify_independently_and_bad_ones_match_etcd() {
         // A write with an auth-revision-stale token: root changes the auth state first.
         let root = authenticate(&server, "root", "rpw").await.unwrap();
         let mut kv = KvClient::new(connect(&server.endpoint()).await.unwrap());
-        let before_change = {
-            let mut req =
-                tonic::Request::new(PutRequest { key: "foo1".into(), value: "v".into(), ..Default::default() });
-            req.metadata_mut().insert("token", MetadataValue::try_from(token.as_str()).unwrap());
-            kv.put(req).await.map(|_| "ok".to_string()).unwrap_or_else(|s| format!("{:?}: {}", s.code(), s.message()))
-        };
+        let before_change = put_with_token(&mut kv, &token, "foo1").await;
         let out = compat_tests::etcdctl::run_cmd(&server, &cmd("--user root:rpw role add r2")).await.unwrap();
         assert_eq!(out.exit_code, Some(0));
-        let stale = {
-            let mut req =
-                tonic::Request::new(PutRequest { key: "foo1".into(), value: "v".into(), ..Default::default() });
-            req.metadata_mut().insert("token", MetadataValue::try_from(token.as_str()).unwrap());
-            kv.put(req).await.map(|_| "ok".to_string()).unwrap_or_else(|s| format!("{:?}: {}", s.code(), s.message()))
-        };
+        let stale = put_with_token(&mut kv, &token, "foo1").await;
         seen.push(vec![
             get_with_token(&server, &valid_minted, "foo1").await,
             get_with_token(&server, &expired, "foo1").await,
@@ -379,4 +376,65 @@ async fn jwt_tokens_verify_independently_and_bad_ones_match_etcd() {
         ]);
     }
     assert_eq!(seen[0], seen[1], "etcd (left) and the candidate (right) differ");
+}
+
+/// Users, roles, permissions, the enabled flag and the auth revision travel in snapshots, in etcd's
+/// `auth`, `authUsers` and `authRoles` buckets: a Keel snapshot restored into real etcd (and an
+/// etcd snapshot restored into Keel) answers the same auth questions as the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_state_moves_through_snapshots_both_ways() {
+    if !chosen("auth_snapshot") {
+        return;
+    }
+    let questions = [
+        cmd("--user root:rpw auth status"),
+        cmd("--user root:rpw user list"),
+        cmd("--user root:rpw role get r1"),
+        cmd("--user alice:apw put foo1 v"),
+        cmd("--user alice:apw put bar v"),
+        cmd("--user alice:nope get foo1"),
+        cmd("get foo1"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut answers = Vec::new();
+    for (source_kind, restored_kind) in [(ServerKind::Keel, ServerKind::Etcd), (ServerKind::Etcd, ServerKind::Keel)] {
+        let source = Server::start(source_kind).await.unwrap();
+        enable_auth(&source).await;
+        let file = dir.path().join(format!("{source_kind}.db"));
+        let save = cmd(&format!("--user root:rpw snapshot save {}", file.display()));
+        let out = compat_tests::etcdctl::run_cmd(&source, &save).await.unwrap();
+        assert_eq!(out.exit_code, Some(0), "snapshot save from {source_kind}: {}", out.stderr);
+        let tool = match restored_kind {
+            ServerKind::Etcd => compat_tests::server::etcd_bin_dir().join("etcdutl"),
+            ServerKind::Keel => compat_tests::server::keel_bin(),
+        };
+        let file_arg = file.display().to_string();
+        let mut prepare = |data: &Path, peer: &str| {
+            let cluster = format!("{}={peer}", compat_tests::server::MEMBER_NAME);
+            let out = Command::new(&tool)
+                .args(["snapshot", "restore", &file_arg, "--data-dir", data.to_str().unwrap()])
+                .args(["--name", compat_tests::server::MEMBER_NAME, "--initial-cluster", &cluster])
+                .args(["--initial-advertise-peer-urls", peer])
+                .output()
+                .map_err(|e| compat_tests::HarnessError::Other(e.to_string()))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(compat_tests::HarnessError::Other(String::from_utf8_lossy(&out.stderr).into_owned()))
+            }
+        };
+        let restored = Server::start_prepared(restored_kind, &[], &mut prepare).await.unwrap();
+        for server in [&source, &restored] {
+            let mut seen = Vec::new();
+            for q in &questions {
+                let out = compat_tests::etcdctl::run_cmd(server, q).await.unwrap();
+                let out = compat_tests::etcdctl::mask_output(&out, compat_tests::etcdctl::Mask::Standard);
+                seen.push(format!("{:?}\n{}\n{}", out.exit_code, out.stdout, out.stderr));
+            }
+            answers.push((format!("{} ({source_kind} snapshot)", server.kind()), seen));
+        }
+    }
+    for (who, seen) in &answers[1..] {
+        assert_eq!(&answers[0].1, seen, "{} and {who} answer differently", answers[0].0);
+    }
 }

@@ -17,16 +17,12 @@ use prost::Message;
 use crate::error::{AuthError, Error, Result};
 use crate::proto::authpb::{permission::Type as PermType, Role, User, UserAddOptions};
 use crate::proto::etcdserverpb as rpc;
-use crate::storage::{Engine, Table, WriteBatch};
+use crate::storage::{Engine, WriteBatch};
 use perms::RangePerms;
 use request::{AuthRequest, AuthResponse};
 use token::TokenProvider;
 
-const TABLE: Table = "auth";
-const KEY_ENABLED: &[u8] = b"enabled";
-const KEY_REVISION: &[u8] = b"revision";
-const USER_PREFIX: &[u8] = b"user/";
-const ROLE_PREFIX: &[u8] = b"role/";
+use crate::storage::auth_rows::{ENABLED as KEY_ENABLED, REVISION as KEY_REVISION, ROLE_PREFIX, TABLE, USER_PREFIX};
 
 /// The root user and role: holders of the root role may do anything.
 pub const ROOT: &str = "root";
@@ -427,26 +423,6 @@ impl AuthStore {
         };
         Ok(resp)
     }
-
-    /// Users and roles as etcd's snapshot buckets hold them (`authUsers`, `authRoles`: name →
-    /// protobuf), plus the enabled flag and the revision (`auth` bucket).
-    pub fn export(&self) -> AuthExport {
-        let st = self.read();
-        AuthExport {
-            enabled: st.enabled,
-            revision: st.revision,
-            users: st.users.iter().map(|(n, u)| (n.clone(), u.encode_to_vec())).collect(),
-            roles: st.roles.iter().map(|(n, r)| (n.clone(), r.encode_to_vec())).collect(),
-        }
-    }
-}
-
-/// What `AuthStore::export` hands the snapshot writer.
-pub struct AuthExport {
-    pub enabled: bool,
-    pub revision: u64,
-    pub users: Vec<(String, Vec<u8>)>,
-    pub roles: Vec<(String, Vec<u8>)>,
 }
 
 fn row_key(prefix: &[u8], name: &str) -> Vec<u8> {
