@@ -140,6 +140,9 @@ fn cases(snapshot_path: &str) -> Vec<Case> {
                 cmd("lease grant 100 --user root:rpw"),
                 cmd("--user root:rpw put bar v --lease=$L1"),
                 cmd("lease revoke $L1 --user alice:apw"),
+                // Listing a lease's keys needs READ on them (etcd 3.5's CVE-2023-32082 fix).
+                cmd("lease timetolive $L1 --keys --user alice:apw"),
+                cmd("lease timetolive $L1 --keys"),
                 cmd("--user alice:apw put foo9 v --lease=$L1"),
                 cmd("lease revoke $L1 --user root:rpw"),
                 cmd("lease grant 100 --user alice:apw"),

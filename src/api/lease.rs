@@ -112,6 +112,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        // etcd 3.5 (since the CVE-2023-32082 fix): listing a lease's keys needs READ on each.
+        if request.get_ref().keys {
+            let user = identity(&self.node, request.metadata()).map_err(to_status)?;
+            let keys = self.node.applier.lessor().keys(request.get_ref().id).unwrap_or_default();
+            self.node.applier.auth().check_keys_readable(user.as_ref(), &keys).map_err(|e| to_status(e.into()))?;
+        }
         let req = request.into_inner();
         let found = self.node.leases.time_to_live(req.id, req.keys, Instant::now()).map_err(to_status)?;
         let mut resp = match found {

@@ -178,6 +178,16 @@ impl AuthStore {
         Err(AuthError::PermissionDenied)
     }
 
+    /// etcd's `checkLeaseTimeToLive`: with auth enabled, a caller without a token is `user name
+    /// is empty`, and every key must be readable.
+    pub fn check_keys_readable(&self, info: Option<&AuthInfo>, keys: &[Vec<u8>]) -> Result<(), AuthError> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let info = info.ok_or(AuthError::UserEmpty)?;
+        keys.iter().try_for_each(|key| self.check_op(info, key, &[], PermType::Read))
+    }
+
     /// etcd's `IsAdminPermitted`: the user must exist and hold the root role (no revision check).
     pub fn check_admin(&self, info: &AuthInfo) -> Result<(), AuthError> {
         let state = self.read();
