@@ -35,9 +35,10 @@ fn unexpected(what: &str) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         validate::range(&req).map_err(to_status)?;
+        // etcd validates the request before it looks at the token.
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
         let result = read::range_as(&self.node, &req, user.as_ref()).await.map_err(to_status)?;
         Ok(Response::new(RangeResponse {
             header: Some(header::header(&self.node, result.revision)),
@@ -48,9 +49,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         validate::put(&req).map_err(to_status)?;
+        // etcd validates the request before it looks at the token.
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
         match propose::propose_as(&self.node, Cmd::Put(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::Put(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
@@ -64,9 +66,10 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         validate::delete_range(&req).map_err(to_status)?;
+        // etcd validates the request before it looks at the token.
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
         match propose::propose_as(&self.node, Cmd::DeleteRange(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::DeleteRange(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
@@ -77,9 +80,10 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         validate_txn(&req, self.node.limits.max_txn_ops).map_err(to_status)?;
+        // etcd validates the request before it looks at the token.
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
         match propose::propose_as(&self.node, Cmd::Txn(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::Txn(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
@@ -90,9 +94,9 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let physical = req.physical;
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
         match propose::propose_as(&self.node, Cmd::Compaction(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::Compaction(resp), id) => {
                 // `physical`: answer only once the compacted revisions are gone from the backend.
