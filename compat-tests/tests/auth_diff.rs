@@ -225,7 +225,12 @@ async fn simple_tokens_look_like_etcds_and_bad_ones_are_refused_alike() {
         let token = authenticate(&server, "alice", "apw").await.unwrap();
         assert!(shape.is_match(&token), "{kind}: token {token:?} is not etcd's simple-token shape");
         let bad = authenticate(&server, "alice", "nope").await.unwrap_err();
+        let mut kv = KvClient::new(connect(&server.endpoint()).await.unwrap());
         seen.push(vec![
+            // The request is validated before the token is looked at.
+            put_with_token(&mut kv, "garbage", "").await,
+            put_with_token(&mut kv, "garbage", "foo1").await,
+            put_with_token(&mut kv, &token, "foo1").await,
             get_with_token(&server, &token, "foo1").await,
             get_with_token(&server, &token, "bar").await,
             get_with_token(&server, "AAAAAAAAAAAAAAAA.1", "foo1").await,
