@@ -150,6 +150,10 @@ fn cases(snapshot_path: &str) -> Vec<Case> {
                 cmd("lease revoke $L2 --user alice:apw"),
                 // Admin calls.
                 cmd(&format!("--user alice:apw snapshot save {snapshot_path}")),
+                cmd("--user alice:apw defrag"),
+                cmd("--user alice:apw endpoint hashkv"),
+                cmd("--user alice:apw member add x --peer-urls=http://127.0.0.1:1"),
+                cmd("--user alice:apw member remove 1234"),
                 cmd("--user alice:apw auth status"),
                 cmd("--user alice:apw user get alice"),
                 cmd("--user alice:apw user get root"),

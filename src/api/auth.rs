@@ -37,6 +37,13 @@ pub fn token_of(metadata: &MetadataMap) -> Option<String> {
     TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)).map(|v| v.to_str().unwrap_or("\u{0}").to_string())
 }
 
+/// etcd's `checkMembershipOperationPermission` (MemberAdd, MemberRemove, MemberUpdate,
+/// MemberPromote): root only, with the usual translated errors (`etcdserver: permission denied`).
+pub fn require_membership_admin(node: &Node, metadata: &MetadataMap) -> Result<(), Status> {
+    let user = identity(node, metadata).map_err(to_status)?.unwrap_or_default();
+    node.applier.auth().check_admin(&user).map_err(|e| to_status(e.into()))
+}
+
 /// etcd's `authMaintenanceServer.isAuthenticated`, used by Defragment, Hash, HashKV and Snapshot:
 /// the caller must hold the root role. Its errors reach the client untranslated (gRPC Unknown,
 /// `auth: permission denied`), an etcd quirk.

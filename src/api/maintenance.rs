@@ -71,15 +71,21 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        // Root only; etcd sends the auth error untranslated.
+        crate::api::auth::require_admin(&self.node, request.metadata())?;
         Err(not_yet("Maintenance.Defragment"))
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        // Root only; etcd sends the auth error untranslated.
+        crate::api::auth::require_admin(&self.node, request.metadata())?;
         Err(not_yet("Maintenance.Hash"))
     }
 
-    async fn hash_kv(&self, _request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        // Root only; etcd sends the auth error untranslated.
+        crate::api::auth::require_admin(&self.node, request.metadata())?;
         Err(not_yet("Maintenance.HashKV"))
     }
 
