@@ -450,3 +450,40 @@ async fn auth_state_moves_through_snapshots_both_ways() {
         assert_eq!(&answers[0].1, seen, "{} and {who} answer differently", answers[0].0);
     }
 }
+
+/// With the same key pair, a JWT issued by etcd is accepted by Keel and one issued by Keel by
+/// etcd (each verifies the other's signature), for RSA and for EC keys in the SEC1 files that
+/// `openssl ecparam -genkey` writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_tokens_are_interchangeable_with_etcd() {
+    if !chosen("auth_jwt_interop") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for method in ["RS256", "ES256"] {
+        let (priv_key, pub_key) = (dir.path().join(format!("{method}.key")), dir.path().join(format!("{method}.pub")));
+        let (priv_s, pub_s) = (priv_key.to_str().unwrap(), pub_key.to_str().unwrap());
+        if method == "RS256" {
+            openssl(&["genrsa", "-out", priv_s, "2048"]);
+            openssl(&["rsa", "-in", priv_s, "-pubout", "-out", pub_s]);
+        } else {
+            openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", priv_s]);
+            openssl(&["ec", "-in", priv_s, "-pubout", "-out", pub_s]);
+        }
+        let flag = format!("jwt,pub-key={pub_s},priv-key={priv_s},sign-method={method}");
+        let candidate = ServerKind::from_env_or(CANDIDATE);
+        let args = ["--auth-token", flag.as_str()];
+        let (etcd, keel) =
+            tokio::join!(Server::start_with(ServerKind::Etcd, &args), Server::start_with(candidate, &args));
+        let (etcd, keel) = (etcd.unwrap(), keel.unwrap());
+        tokio::join!(enable_auth(&etcd), enable_auth(&keel));
+        let from_etcd = authenticate(&etcd, "alice", "apw").await.unwrap();
+        let from_keel = authenticate(&keel, "alice", "apw").await.unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&b64url_decode(from_keel.split('.').next().unwrap())).unwrap();
+        assert_eq!(header["alg"], method);
+        assert_eq!(get_with_token(&keel, &from_etcd, "foo1").await, "ok", "{method}: keel refused etcd's token");
+        assert_eq!(get_with_token(&etcd, &from_keel, "foo1").await, "ok", "{method}: etcd refused keel's token");
+        assert_eq!(get_with_token(&keel, &from_etcd, "bar").await, get_with_token(&etcd, &from_keel, "bar").await);
+    }
+}

@@ -214,7 +214,7 @@ impl JwtTokens {
                         let private = read(&path)?;
                         Some(
                             match algorithm {
-                                Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&private),
+                                Algorithm::ES256 | Algorithm::ES384 => ec_private_key(&private),
                                 Algorithm::EdDSA => EncodingKey::from_ed_pem(&private),
                                 _ => EncodingKey::from_rsa_pem(&private),
                             }
@@ -249,6 +249,73 @@ impl JwtTokens {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).ok()?;
         Some(AuthInfo { username: data.claims.username, revision: data.claims.revision })
     }
+}
+
+/// An EC private key from PEM. etcd (golang-jwt) accepts SEC1 `EC PRIVATE KEY` files, which
+/// `openssl ecparam -genkey` writes, as well as PKCS#8; jsonwebtoken reads only PKCS#8, so a SEC1
+/// key is wrapped into PKCS#8 first.
+fn ec_private_key(pem: &[u8]) -> Result<EncodingKey, jsonwebtoken::errors::Error> {
+    use base64::Engine as _;
+    const SEC1_BEGIN: &str = "-----BEGIN EC PRIVATE KEY-----";
+    const SEC1_END: &str = "-----END EC PRIVATE KEY-----";
+    let text = String::from_utf8_lossy(pem);
+    let Some(start) = text.find(SEC1_BEGIN) else {
+        return EncodingKey::from_ec_pem(pem);
+    };
+    let body = &text[start + SEC1_BEGIN.len()..];
+    let body = &body[..body.find(SEC1_END).unwrap_or(body.len())];
+    let body: String = body.lines().filter(|l| !l.contains(':')).collect::<String>();
+    let invalid = || jsonwebtoken::errors::Error::from(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat);
+    let sec1 = base64::engine::general_purpose::STANDARD.decode(body.trim()).map_err(|_| invalid())?;
+    let pkcs8 = sec1_to_pkcs8(&sec1).ok_or_else(invalid)?;
+    Ok(EncodingKey::from_ec_der(&pkcs8))
+}
+
+/// Wrap a SEC1 `ECPrivateKey` (RFC 5915) in a PKCS#8 `PrivateKeyInfo` (RFC 5208), taking the
+/// curve from the key's own `[0] parameters` field.
+fn sec1_to_pkcs8(sec1: &[u8]) -> Option<Vec<u8>> {
+    /// One DER element at `at`: (tag, content start, content end).
+    fn element(der: &[u8], at: usize) -> Option<(u8, usize, usize)> {
+        let tag = *der.get(at)?;
+        let first = *der.get(at + 1)? as usize;
+        let (len, start) = if first < 0x80 {
+            (first, at + 2)
+        } else {
+            let n = first & 0x7f;
+            let bytes = der.get(at + 2..at + 2 + n)?;
+            (bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), at + 2 + n)
+        };
+        let end = start.checked_add(len)?;
+        (end <= der.len()).then_some((tag, start, end))
+    }
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len.to_be_bytes().iter().copied().skip_while(|b| *b == 0).collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    let (tag, mut at, end) = element(sec1, 0)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut curve = None;
+    while at < end {
+        let (tag, start, stop) = element(sec1, at)?;
+        if tag == 0xa0 {
+            curve = Some(sec1[start..stop].to_vec()); // the curve's OID element
+        }
+        at = stop;
+    }
+    const EC_PUBLIC_KEY_OID: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    let algorithm = der(0x30, &[EC_PUBLIC_KEY_OID, &curve?].concat());
+    Some(der(0x30, &[&[0x02, 0x01, 0x00][..], &algorithm, &der(0x04, sec1)].concat()))
 }
 
 #[cfg(test)]
