@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::apply::command::pb;
 use crate::proto::etcdserverpb as rpc;
+use crate::proto::serde_pb as pb;
 
 /// One auth request. Passwords never travel: UserAdd and UserChangePassword carry only the bcrypt
 /// hash the proposing member computed (as etcd 3.5 does), and Authenticate carries the
