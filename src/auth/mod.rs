@@ -7,9 +7,9 @@ pub mod perms;
 pub mod request;
 pub mod token;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine as _;
 use prost::Message;
@@ -98,6 +98,8 @@ pub struct AuthStore {
     state: RwLock<State>,
     tokens: RwLock<Arc<TokenProvider>>,
     bcrypt_cost: AtomicU32,
+    /// Each user's merged ranges (etcd's `rangePermCache`), dropped whenever users or roles change.
+    perm_cache: Mutex<HashMap<String, Arc<RangePerms>>>,
 }
 
 impl AuthStore {
@@ -109,6 +111,7 @@ impl AuthStore {
             state: RwLock::new(State::load(engine)?),
             tokens: RwLock::new(Arc::new(simple)),
             bcrypt_cost: AtomicU32::new(bcrypt::DEFAULT_COST),
+            perm_cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -118,13 +121,17 @@ impl AuthStore {
         self.bcrypt_cost.store(bcrypt_cost, Ordering::Relaxed);
     }
 
-    /// Replace the state with what a raft snapshot brought. Simple tokens are dropped: the
-    /// users they named may be gone.
+    /// Replace the state with what a raft snapshot brought. Tokens are kept, as etcd's `Recover`
+    /// keeps them: one naming a user that is gone is simply refused at its next check.
     pub fn reload(&self, engine: &dyn Engine) -> Result<()> {
         let fresh = State::load(engine)?;
         *self.write() = fresh;
-        self.tokens().disable();
+        self.perm_cache().clear();
         Ok(())
+    }
+
+    fn perm_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RangePerms>>> {
+        self.perm_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -172,7 +179,14 @@ impl AuthStore {
         let Some(user) = state.users.get(&info.username) else {
             return Err(AuthError::PermissionDenied);
         };
-        if user.roles.iter().any(|r| r == ROOT) || state.merged_perms(user).permits(kind, key, range_end) {
+        if user.roles.iter().any(|r| r == ROOT) {
+            return Ok(());
+        }
+        let perms = {
+            let mut cache = self.perm_cache();
+            cache.entry(info.username.clone()).or_insert_with(|| Arc::new(state.merged_perms(user))).clone()
+        };
+        if perms.permits(kind, key, range_end) {
             return Ok(());
         }
         Err(AuthError::PermissionDenied)
@@ -242,6 +256,19 @@ impl AuthStore {
     /// entry (part of a simple token).
     pub fn apply(&self, req: &AuthRequest, index: u64, batch: &mut WriteBatch) -> Result<AuthResponse, AuthError> {
         let mut state = self.write();
+        // Checks take the state's read lock before the cache's, so none can refill the cache
+        // from the old state while this holds the write lock.
+        if !matches!(
+            req,
+            AuthRequest::Status
+                | AuthRequest::Authenticate { .. }
+                | AuthRequest::UserGet(_)
+                | AuthRequest::UserList
+                | AuthRequest::RoleGet(_)
+                | AuthRequest::RoleList
+        ) {
+            self.perm_cache().clear();
+        }
         let st = &mut *state;
         let tokens = self.tokens();
         let resp = match req {
