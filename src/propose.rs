@@ -17,6 +17,15 @@ pub async fn propose(node: &Node, request: Request) -> Result<(Response, u64)> {
     propose_as(node, request, None).await
 }
 
+/// Propose as root, for the server's own proposals that auth checks (lease expiry revokes): etcd's
+/// `AuthStore.WithRoot`, which stamps root and the current auth revision while auth is enabled.
+pub async fn propose_as_root(node: &Node, request: Request) -> Result<(Response, u64)> {
+    let auth = node.applier.auth();
+    let root =
+        auth.is_enabled().then(|| AuthInfo { username: crate::auth::ROOT.to_string(), revision: auth.revision() });
+    propose_as(node, request, root.as_ref()).await
+}
+
 /// Propose as the user a token named (etcd's `processInternalRaftRequestOnce` stamps the header
 /// with the caller's user name and auth revision); apply checks permissions with them.
 pub async fn propose_as(node: &Node, request: Request, user: Option<&AuthInfo>) -> Result<(Response, u64)> {

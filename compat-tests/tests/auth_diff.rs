@@ -487,3 +487,29 @@ async fn jwt_tokens_are_interchangeable_with_etcd() {
         assert_eq!(get_with_token(&keel, &from_etcd, "bar").await, get_with_token(&etcd, &from_keel, "bar").await);
     }
 }
+
+/// With auth enabled, an expired lease still deletes its keys: the server revokes as root
+/// (etcd's `WithRoot`), not as the anonymous caller that would be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_leases_delete_their_keys_with_auth_enabled() {
+    if !chosen("auth_lease_expiry") {
+        return;
+    }
+    let mut seen = Vec::new();
+    for kind in [ServerKind::Etcd, ServerKind::from_env_or(CANDIDATE)] {
+        let server = Server::start(kind).await.unwrap();
+        enable_auth(&server).await;
+        let grant = compat_tests::etcdctl::run_cmd(&server, &cmd("lease grant 2 --user alice:apw")).await.unwrap();
+        let id = grant.stdout.split_whitespace().nth(1).unwrap_or_default().to_string();
+        let put = cmd(&format!("--user alice:apw put foo/lease v --lease={id}"));
+        let out = compat_tests::etcdctl::run_cmd(&server, &put).await.unwrap();
+        assert_eq!(out.exit_code, Some(0), "{kind}: {}", out.stderr);
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        let token = authenticate(&server, "alice", "apw").await.unwrap();
+        let mut kv = KvClient::new(connect(&server.endpoint()).await.unwrap());
+        let mut req = tonic::Request::new(RangeRequest { key: "foo/lease".into(), ..Default::default() });
+        req.metadata_mut().insert("token", MetadataValue::try_from(token.as_str()).unwrap());
+        seen.push(kv.range(req).await.unwrap().into_inner().count);
+    }
+    assert_eq!(seen, vec![0, 0], "(etcd, candidate) keys left after the lease expired");
+}

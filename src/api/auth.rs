@@ -32,7 +32,8 @@ pub fn identity(node: &Node, metadata: &MetadataMap) -> Result<Option<AuthInfo>,
     Ok(Some(node.applier.auth().info_from_token(token)?))
 }
 
-/// The token carried by a request, read once (a watch stream checks it at every create).
+/// The token carried by a request, read once (a watch stream checks it at every create). A
+/// value that is not text becomes one no token can equal, so it is refused as invalid.
 pub fn token_of(metadata: &MetadataMap) -> Option<String> {
     TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)).map(|v| v.to_str().unwrap_or("\u{0}").to_string())
 }
