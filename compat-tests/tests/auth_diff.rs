@@ -208,9 +208,7 @@ async fn authenticate(server: &Server, name: &str, password: &str) -> Result<Str
 /// A Range with `token`: the status code and message a client sees (or "ok").
 async fn get_with_token(server: &Server, token: &str, key: &str) -> String {
     let mut kv = KvClient::new(connect(&server.endpoint()).await.unwrap());
-    let mut req = tonic::Request::new(RangeRequest { key: key.into(), ..Default::default() });
-    req.metadata_mut().insert("token", MetadataValue::try_from(token).unwrap());
-    match kv.range(req).await {
+    match kv.range(with_token(RangeRequest { key: key.into(), ..Default::default() }, token)).await {
         Ok(_) => "ok".to_string(),
         Err(s) => format!("{:?}: {}", s.code(), s.message()),
     }
@@ -246,8 +244,7 @@ async fn simple_tokens_look_like_etcds_and_bad_ones_are_refused_alike() {
 
 /// A Put with `token`: the status code and message a client sees (or "ok").
 async fn put_with_token(kv: &mut KvClient<tonic::transport::Channel>, token: &str, key: &str) -> String {
-    let mut req = tonic::Request::new(PutRequest { key: key.into(), value: "v".into(), ..Default::default() });
-    req.metadata_mut().insert("token", MetadataValue::try_from(token).unwrap());
+    let req = with_token(PutRequest { key: key.into(), value: "v".into(), ..Default::default() }, token);
     kv.put(req).await.map(|_| "ok".to_string()).unwrap_or_else(|s| format!("{:?}: {}", s.code(), s.message()))
 }
 
@@ -507,9 +504,55 @@ async fn expired_leases_delete_their_keys_with_auth_enabled() {
         tokio::time::sleep(std::time::Duration::from_secs(4)).await;
         let token = authenticate(&server, "alice", "apw").await.unwrap();
         let mut kv = KvClient::new(connect(&server.endpoint()).await.unwrap());
-        let mut req = tonic::Request::new(RangeRequest { key: "foo/lease".into(), ..Default::default() });
-        req.metadata_mut().insert("token", MetadataValue::try_from(token.as_str()).unwrap());
+        let req = with_token(RangeRequest { key: "foo/lease".into(), ..Default::default() }, &token);
         seen.push(kv.range(req).await.unwrap().into_inner().count);
     }
     assert_eq!(seen, vec![0, 0], "(etcd, candidate) keys left after the lease expired");
+}
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("token", MetadataValue::try_from(token).unwrap());
+    req
+}
+
+/// What etcd does with a client's `hashedPassword`: UserAdd hashes the plain password and ignores
+/// it; UserChangePassword keeps it when no plain password is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sent_password_hashes_are_treated_as_etcd_does() {
+    use base64::Engine as _;
+    use keel::proto::etcdserverpb::{AuthUserAddRequest, AuthUserChangePasswordRequest};
+    if !chosen("auth_hashed_password") {
+        return;
+    }
+    let hash_of = |pw: &str| base64::engine::general_purpose::STANDARD.encode(bcrypt::hash(pw, 4).unwrap());
+    let mut seen = Vec::new();
+    for kind in [ServerKind::Etcd, ServerKind::from_env_or(CANDIDATE)] {
+        let server = Server::start(kind).await.unwrap();
+        enable_auth(&server).await;
+        let root = authenticate(&server, "root", "rpw").await.unwrap();
+        let mut auth = AuthClient::new(connect(&server.endpoint()).await.unwrap());
+        let add = AuthUserAddRequest {
+            name: "carol".into(),
+            password: "plain".into(),
+            hashed_password: hash_of("hashed"),
+            ..Default::default()
+        };
+        auth.user_add(with_token(add, &root)).await.unwrap();
+        let mut outcome = Vec::new();
+        for pw in ["plain", "hashed"] {
+            outcome.push(authenticate(&server, "carol", pw).await.is_ok());
+        }
+        let change = AuthUserChangePasswordRequest {
+            name: "carol".into(),
+            password: String::new(),
+            hashed_password: hash_of("second"),
+        };
+        auth.user_change_password(with_token(change, &root)).await.unwrap();
+        for pw in ["plain", "second"] {
+            outcome.push(authenticate(&server, "carol", pw).await.is_ok());
+        }
+        seen.push(outcome);
+    }
+    assert_eq!(seen[0], seen[1], "etcd (left) and the candidate (right) differ");
 }

@@ -144,8 +144,10 @@ impl pb::auth_server::Auth for AuthService {
         request: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
         let (metadata, _, mut req) = request.into_parts();
+        // etcd hashes whatever password came (empty included) and replaces any hashedPassword
+        // the client sent, unless the user has no password.
         let no_password = req.options.as_ref().is_some_and(|o| o.no_password);
-        if !no_password && req.hashed_password.is_empty() {
+        if !no_password {
             req.hashed_password = self.hash(std::mem::take(&mut req.password)).await?;
         }
         req.password.clear();
@@ -180,10 +182,11 @@ impl pb::auth_server::Auth for AuthService {
         request: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
         let (metadata, _, mut req) = request.into_parts();
-        if req.hashed_password.is_empty() {
+        // Here etcd hashes only a non-empty password; otherwise the client's hashedPassword (maybe
+        // empty, leaving a hash no password matches) is stored as sent.
+        if !req.password.is_empty() {
             req.hashed_password = self.hash(std::mem::take(&mut req.password)).await?;
         }
-        req.password.clear();
         auth_call!(self, &metadata, AuthRequest::UserChangePassword(req), UserChangePassword)
     }
 
