@@ -74,13 +74,10 @@ pub enum FlagArity {
 pub const IGNORED_ETCD_FLAGS: &[(&str, FlagArity)] = {
     use FlagArity::{Bool, Value};
     &[
-        ("auth-token", Value),
-        ("auth-token-ttl", Value),
         ("auto-tls", Bool),
         ("backend-batch-interval", Value),
         ("backend-batch-limit", Value),
         ("backend-bbolt-freelist-type", Value),
-        ("bcrypt-cost", Value),
         ("cert-file", Value),
         ("cipher-suites", Value),
         ("client-cert-allowed-hostname", Value),
@@ -306,6 +303,14 @@ const KEEL_FLAGS: &[KeelFlag] = &[
         "Interval of periodic watch progress notifications",
     ),
     flag(STORAGE_ENGINE_FLAG, Kind::Str, "redb", "Keel's storage engine: redb or sled"),
+    flag(
+        "auth-token",
+        Kind::Str,
+        "simple",
+        "Auth token type: 'simple' or 'jwt,pub-key=FILE,priv-key=FILE,sign-method=ALG,ttl=DURATION'",
+    ),
+    flag("auth-token-ttl", Kind::Uint, "300", "Time (in seconds) of the auth-token-ttl (simple tokens)"),
+    flag("bcrypt-cost", Kind::Uint, "10", "Input cost for bcrypt hashing of passwords (4 to 31)"),
 ];
 
 /// Errors from reading or validating the configuration.
@@ -566,6 +571,11 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// TLS for the `https://` client listeners.
     pub client_tls: TlsSettings,
+    /// `--auth-token` as given; `auth::token::TokenConfig::parse` reads it.
+    pub auth_token: String,
+    /// Seconds an unused simple token lives (`--auth-token-ttl`).
+    pub auth_token_ttl: u64,
+    pub bcrypt_cost: u32,
 }
 
 /// One side's TLS settings in etcd's terms (its `transport.TLSInfo` plus the process-wide
@@ -645,6 +655,9 @@ impl Default for Config {
             watch_progress_notify_interval: DEFAULT_PROGRESS_NOTIFY,
             config_file: None,
             client_tls: TlsSettings::default(),
+            auth_token: "simple".to_string(),
+            auth_token_ttl: 300,
+            bcrypt_cost: 10,
         }
     }
 }
@@ -1243,6 +1256,20 @@ fn build(settings: &Settings, warnings: &mut Vec<String>) -> Result<Config, Conf
     if let Some(s) = get("max-request-bytes") {
         config.max_request_bytes = uint(s, "max-request-bytes")?;
     }
+    if let Some(s) = get("auth-token") {
+        config.auth_token = s.value.clone();
+    }
+    if let Some(s) = get("auth-token-ttl") {
+        config.auth_token_ttl = uint(s, "auth-token-ttl")?;
+    }
+    if let Some(s) = get("bcrypt-cost") {
+        // etcd refuses costs outside bcrypt's MinCost..MaxCost at startup.
+        let cost = uint(s, "bcrypt-cost")?;
+        if !(4..=31).contains(&cost) {
+            return Err(s.invalid("bcrypt-cost", "must be between 4 and 31"));
+        }
+        config.bcrypt_cost = cost as u32;
+    }
     if let Some(s) = get("max-txn-ops") {
         config.max_txn_ops = uint(s, "max-txn-ops")?;
     }
@@ -1651,7 +1678,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), count, "a flag is listed twice");
-        assert_eq!(IGNORED_ETCD_FLAGS.len(), 105);
+        assert_eq!(IGNORED_ETCD_FLAGS.len(), 102);
         assert!(VERSION_TEXT.ends_with(ETCD_API_VERSION));
     }
 
@@ -1789,6 +1816,11 @@ mod tests {
                 assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(5))
             }),
             case(vec![("storage-engine", "sled")], |c| assert_eq!(c.storage_engine, StorageEngine::Sled)),
+            case(vec![("auth-token", "jwt,sign-method=HS256,priv-key=k")], |c| {
+                assert_eq!(c.auth_token, "jwt,sign-method=HS256,priv-key=k")
+            }),
+            case(vec![("auth-token-ttl", "60")], |c| assert_eq!(c.auth_token_ttl, 60)),
+            case(vec![("bcrypt-cost", "4")], |c| assert_eq!(c.bcrypt_cost, 4)),
         ]
     }
 

@@ -57,6 +57,9 @@ pub enum Error {
     ElectionNoLeader,
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    // --- auth (etcd's `auth` package errors) ---
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 
     // --- server / consensus ---
     #[error("too many requests")]
@@ -97,6 +100,50 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// etcd's auth errors (server/auth/store.go), with etcd's own `auth: ...` text. Most reach clients
+/// translated to their `etcdserver: ...` form by `api/status.rs`; a few calls (Maintenance's admin
+/// checks, Authenticate of a no-password user) send this text untranslated, as etcd does. They are
+/// results of apply too, so they serialize into the replicated outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum AuthError {
+    #[error("auth: root user does not exist")]
+    RootUserNotExist,
+    #[error("auth: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("auth: user already exists")]
+    UserAlreadyExist,
+    #[error("auth: user name is empty")]
+    UserEmpty,
+    #[error("auth: user not found")]
+    UserNotFound,
+    #[error("auth: role already exists")]
+    RoleAlreadyExist,
+    #[error("auth: role not found")]
+    RoleNotFound,
+    #[error("auth: role name is empty")]
+    RoleEmpty,
+    #[error("auth: permission not given")]
+    PermissionNotGiven,
+    #[error("auth: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    #[error("auth: permission denied")]
+    PermissionDenied,
+    #[error("auth: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("auth: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("auth: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("auth: revision in header is old")]
+    AuthOldRevision,
+    #[error("auth: invalid auth token")]
+    InvalidAuthToken,
+    #[error("auth: invalid auth management")]
+    InvalidAuthMgmt,
+}
 
 /// Failures reading or writing etcd's snapshot file (a bbolt database with a sha256 trailer).
 #[derive(Debug, thiserror::Error)]

@@ -350,7 +350,9 @@ impl LeaseClock {
                     let node = node.clone();
                     tokio::spawn(async move {
                         let req = LeaseRevokeRequest { id };
-                        match crate::propose::propose(&node, Request::LeaseRevoke(req)).await {
+                        // As root (etcd's `WithRoot`): with auth enabled an anonymous revoke of a
+                        // lease with keys would be refused at apply.
+                        match crate::propose::propose_as_root(&node, Request::LeaseRevoke(req)).await {
                             Ok(_) | Err(Error::LeaseNotFound) => {}
                             Err(e) => {
                                 tracing::warn!(lease = %format!("{id:x}"), error = %e, "revoking an expired lease")

@@ -12,9 +12,14 @@
 //! Leases: `apply` keeps the replicated lease state in `lease` (the lessor: TTLs, checkpoints,
 //! attached keys); the leader's `lease_clock` holds the deadlines, answers keep-alives without
 //! raft and proposes revokes and remaining-TTL checkpoints through `propose`.
+//!
+//! Auth: `auth` holds users, roles, permissions and tokens; `apply` changes it in log order and
+//! checks writes against it (`apply/auth_gate.rs`); the edge reads the `token` metadata
+//! (`api/auth.rs`) and `read` checks reads before serving them.
 
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod auto_compact;
 pub mod config;
 pub mod error;

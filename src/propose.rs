@@ -4,6 +4,7 @@
 use openraft::error::{ClientWriteError, RaftError};
 
 use crate::apply::command::{CommandHeader, RaftCommand, Request, Response};
+use crate::auth::AuthInfo;
 use crate::error::{Error, Result};
 use crate::node::Node;
 
@@ -13,8 +14,24 @@ const MAX_APPLY_LAG: u64 = 5000;
 /// Propose `request` through raft and return what apply made of it, with the command id (used to
 /// find side results such as a physical compaction's progress).
 pub async fn propose(node: &Node, request: Request) -> Result<(Response, u64)> {
+    propose_as(node, request, None).await
+}
+
+/// Propose as root, for the server's own proposals that auth checks (lease expiry revokes): etcd's
+/// `AuthStore.WithRoot`, which stamps root and the current auth revision while auth is enabled.
+pub async fn propose_as_root(node: &Node, request: Request) -> Result<(Response, u64)> {
+    let auth = node.applier.auth();
+    let root =
+        auth.is_enabled().then(|| AuthInfo { username: crate::auth::ROOT.to_string(), revision: auth.revision() });
+    propose_as(node, request, root.as_ref()).await
+}
+
+/// Propose as the user a token named (etcd's `processInternalRaftRequestOnce` stamps the header
+/// with the caller's user name and auth revision); apply checks permissions with them.
+pub async fn propose_as(node: &Node, request: Request, user: Option<&AuthInfo>) -> Result<(Response, u64)> {
     let id = node.next_request_id();
-    let command = RaftCommand { header: CommandHeader { id, ..Default::default() }, request };
+    let (username, auth_revision) = user.map(|u| (u.username.clone(), u.revision)).unwrap_or_default();
+    let command = RaftCommand { header: CommandHeader { id, username, auth_revision }, request };
     if command.encoded_len() > node.limits.max_request_bytes {
         return Err(Error::RequestTooLarge);
     }

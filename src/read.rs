@@ -7,9 +7,11 @@ use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Result};
+use crate::auth::AuthInfo;
+use crate::error::{AuthError, Error, Result};
 use crate::mvcc::RangeResult;
 use crate::node::Node;
+use crate::proto::authpb::permission::Type as PermType;
 use crate::proto::etcdserverpb::RangeRequest;
 
 /// Linearizable reads that arrive together share one read-index round, as etcd batches its
@@ -104,4 +106,22 @@ pub async fn range(node: &Arc<Node>, req: &RangeRequest) -> Result<RangeResult> 
         linearizable_barrier(node).await?;
     }
     node.mvcc().range(req)
+}
+
+/// Range as `user` (None: no token was sent). etcd's `doSerialize`: READ on the range is checked
+/// before reading, and a token whose auth revision changed while the read ran is
+/// `revision in header is old` afterwards.
+pub async fn range_as(node: &Arc<Node>, req: &RangeRequest, user: Option<&AuthInfo>) -> Result<RangeResult> {
+    let anonymous = AuthInfo::default();
+    let user = user.unwrap_or(&anonymous);
+    let auth = node.applier.auth();
+    if !req.serializable {
+        linearizable_barrier(node).await?;
+    }
+    auth.check_op(user, &req.key, &req.range_end, PermType::Read)?;
+    let result = node.mvcc().range(req)?;
+    if user.revision != 0 && user.revision != auth.revision() {
+        return Err(AuthError::AuthOldRevision.into());
+    }
+    Ok(result)
 }

@@ -69,6 +69,10 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let engine = crate::storage::open(kind, &data_dir.join("member").join("db"))
         .with_context(|| format!("open storage in {}", data_dir.display()))?;
     let applier = Arc::new(Applier::open(engine.clone()).context("open mvcc store")?);
+    let tokens =
+        crate::auth::token::TokenProvider::from_flags(&config.auth_token, Duration::from_secs(config.auth_token_ttl))
+            .context("--auth-token")?;
+    applier.auth().configure(tokens, config.bcrypt_cost);
 
     let peer = |m: &MemberInfo| PeerNode {
         name: m.name.clone(),

@@ -23,21 +23,24 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, _request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        crate::api::auth::require_membership_admin(&self.node, request.metadata())?;
         Err(not_yet("Cluster.MemberAdd"))
     }
 
     async fn member_remove(
         &self,
-        _request: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        crate::api::auth::require_membership_admin(&self.node, request.metadata())?;
         Err(not_yet("Cluster.MemberRemove"))
     }
 
     async fn member_update(
         &self,
-        _request: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        crate::api::auth::require_membership_admin(&self.node, request.metadata())?;
         Err(not_yet("Cluster.MemberUpdate"))
     }
 
@@ -69,8 +72,9 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _request: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        crate::api::auth::require_membership_admin(&self.node, request.metadata())?;
         Err(not_yet("Cluster.MemberPromote"))
     }
 }

@@ -68,7 +68,7 @@ async fn session_lease(node: &Node, lease: i64) -> Result<i64> {
     if lease != 0 {
         return Ok(lease);
     }
-    let granted = lease::grant(node, LeaseGrantRequest { ttl: DEFAULT_SESSION_TTL, id: 0 }).await?;
+    let granted = lease::grant(node, LeaseGrantRequest { ttl: DEFAULT_SESSION_TTL, id: 0 }, None).await?;
     Ok(granted.id)
 }
 

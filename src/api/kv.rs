@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::api::auth::identity;
 use crate::api::{header, quota, status::to_status, validate};
 use crate::apply::command::{Request as Cmd, Response as Applied};
 use crate::apply::txn::validate_txn;
@@ -34,9 +35,11 @@ fn unexpected(what: &str) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         validate::range(&req).map_err(to_status)?;
-        let result = read::range(&self.node, &req).await.map_err(to_status)?;
+        // etcd validates the request before it looks at the token.
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
+        let result = read::range_as(&self.node, &req, user.as_ref()).await.map_err(to_status)?;
         Ok(Response::new(RangeResponse {
             header: Some(header::header(&self.node, result.revision)),
             kvs: result.kvs,
@@ -46,11 +49,13 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         // etcd's quotaKVServer checks space before the KV server validates.
         quota::check(&self.node, quota::put_cost(&req)).await?;
         validate::put(&req).map_err(to_status)?;
-        match propose::propose(&self.node, Cmd::Put(req)).await.map_err(to_status)? {
+        // etcd validates the request before it looks at the token.
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
+        match propose::propose_as(&self.node, Cmd::Put(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::Put(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
                 Ok(Response::new(resp))
@@ -63,9 +68,11 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         validate::delete_range(&req).map_err(to_status)?;
-        match propose::propose(&self.node, Cmd::DeleteRange(req)).await.map_err(to_status)? {
+        // etcd validates the request before it looks at the token.
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
+        match propose::propose_as(&self.node, Cmd::DeleteRange(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::DeleteRange(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
                 Ok(Response::new(resp))
@@ -75,10 +82,12 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         quota::check(&self.node, quota::txn_cost(&req)).await?;
         validate_txn(&req, self.node.limits.max_txn_ops).map_err(to_status)?;
-        match propose::propose(&self.node, Cmd::Txn(req)).await.map_err(to_status)? {
+        // etcd validates the request before it looks at the token.
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
+        match propose::propose_as(&self.node, Cmd::Txn(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::Txn(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
                 Ok(Response::new(resp))
@@ -88,9 +97,10 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let physical = req.physical;
-        match propose::propose(&self.node, Cmd::Compaction(req)).await.map_err(to_status)? {
+        let user = identity(&self.node, &metadata).map_err(to_status)?;
+        match propose::propose_as(&self.node, Cmd::Compaction(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::Compaction(resp), id) => {
                 // `physical`: answer only once the compacted revisions are gone from the backend.
                 if physical {

@@ -9,8 +9,10 @@ use std::time::Instant;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::auth::identity;
 use crate::api::{header, status::to_status};
 use crate::apply::command::{Request as Cmd, Response as Applied};
+use crate::auth::AuthInfo;
 use crate::error::Error;
 use crate::node::Node;
 use crate::propose;
@@ -48,12 +50,16 @@ async fn keep_alive_one(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, 
 /// LeaseGrant as etcd's server does it: the server picks the id before proposing and the lessor
 /// raises a short TTL to the minimum; both happen here so the log carries the final values. Also
 /// the lease behind a lock or election session asked for without one (`api/concurrency.rs`).
-pub async fn grant(node: &Node, mut req: LeaseGrantRequest) -> Result<LeaseGrantResponse, Error> {
+pub async fn grant(
+    node: &Node,
+    mut req: LeaseGrantRequest,
+    user: Option<&AuthInfo>,
+) -> Result<LeaseGrantResponse, Error> {
     if req.id == 0 {
         req.id = node.leases.unused_id();
     }
     req.ttl = req.ttl.max(node.leases.min_ttl());
-    match propose::propose(node, Cmd::LeaseGrant(req)).await? {
+    match propose::propose_as(node, Cmd::LeaseGrant(req), user).await? {
         (Applied::LeaseGrant(mut resp), _) => {
             node.leases.grant_applied();
             resp.header = Some(header::complete(node, resp.header));
@@ -69,15 +75,17 @@ impl Lease for LeaseService {
 
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         crate::api::quota::check(&self.node, crate::api::quota::LEASE_GRANT_COST).await?;
-        grant(&self.node, request.into_inner()).await.map(Response::new).map_err(to_status)
+        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
+        grant(&self.node, request.into_inner(), user.as_ref()).await.map(Response::new).map_err(to_status)
     }
 
     async fn lease_revoke(
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let user = identity(&self.node, request.metadata()).map_err(to_status)?;
         let req = request.into_inner();
-        match propose::propose(&self.node, Cmd::LeaseRevoke(req)).await.map_err(to_status)? {
+        match propose::propose_as(&self.node, Cmd::LeaseRevoke(req), user.as_ref()).await.map_err(to_status)? {
             (Applied::LeaseRevoke(mut resp), _) => {
                 resp.header = Some(header::complete(&self.node, resp.header));
                 Ok(Response::new(resp))
@@ -114,6 +122,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        // etcd 3.5 (since the CVE-2023-32082 fix): listing a lease's keys needs READ on each.
+        if request.get_ref().keys {
+            let user = identity(&self.node, request.metadata()).map_err(to_status)?;
+            let keys = self.node.applier.lessor().keys(request.get_ref().id).unwrap_or_default();
+            self.node.applier.auth().check_keys_readable(user.as_ref(), &keys).map_err(|e| to_status(e.into()))?;
+        }
         let req = request.into_inner();
         let found = self.node.leases.time_to_live(req.id, req.keys, Instant::now()).map_err(to_status)?;
         let mut resp = match found {

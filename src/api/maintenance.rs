@@ -88,7 +88,9 @@ impl Maintenance for MaintenanceService {
     /// write of the member while it rewrites bbolt (etcd issue 9222); the engine here rewrites
     /// beside the live file and holds writes off only to swap files. As in etcd, the response is
     /// `{}` without a header.
-    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        // Root only; etcd sends the auth error untranslated.
+        crate::api::auth::require_admin(&self.node, request.metadata())?;
         let node = self.node.clone();
         let started = std::time::Instant::now();
         blocking(move || Ok(node.engine().defragment()?)).await?;
@@ -98,7 +100,9 @@ impl Maintenance for MaintenanceService {
 
     /// etcd's Hash: a checksum of the member's whole state. etcd's value depends on bbolt's page
     /// layout and cannot be reproduced; ours is stable for one state (see `Applier::state_hash`).
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        // Root only; etcd sends the auth error untranslated.
+        crate::api::auth::require_admin(&self.node, request.metadata())?;
         let node = self.node.clone();
         let (hash, revision) = blocking(move || {
             // The revision is read first: the state hashed is at least that new, as in etcd,
@@ -113,6 +117,8 @@ impl Maintenance for MaintenanceService {
     /// etcd's HashKV: the key-value history's CRC-32C up to a revision, equal to real etcd's for
     /// the same history (see `mvcc::hash`). The header carries the store revision.
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        // Root only; etcd sends the auth error untranslated.
+        crate::api::auth::require_admin(&self.node, request.metadata())?;
         let rev = request.into_inner().revision;
         let mvcc = self.node.mvcc();
         let h = blocking(move || mvcc.hash_kv(rev)).await?;
@@ -128,7 +134,9 @@ impl Maintenance for MaintenanceService {
     /// etcd's Snapshot: the database in 32 KiB blobs, each with the bytes still to come, then one
     /// message whose blob is the sha256 of everything sent (which `etcdctl snapshot save` checks
     /// and appends to the file). As in 3.5, the messages carry no header.
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        // Root only; etcd sends the auth error untranslated (Unknown `auth: permission denied`).
+        crate::api::auth::require_admin(&self.node, request.metadata())?;
         let node = self.node.clone();
         let (file, total) = tokio::task::spawn_blocking(move || snapshot_file(&node))
             .await

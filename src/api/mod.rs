@@ -1,10 +1,11 @@
 //! THE EDGE: one file per etcd service. Handlers only decode, validate, call `propose` or `read`,
 //! and map errors (through `status.rs`).
 
+pub mod auth;
 pub mod cluster;
 pub mod concurrency;
-pub mod election;
 pub mod downgrade;
+pub mod election;
 pub mod header;
 pub mod health;
 pub mod kv;
@@ -45,7 +46,7 @@ pub fn routes(node: Arc<Node>, max_recv: usize) -> Routes {
         .add_service(limited!(LeaseServer::new(lease::LeaseService::new(node.clone()))))
         .add_service(limited!(ClusterServer::new(cluster::ClusterService::new(node.clone()))))
         .add_service(limited!(MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))))
-        .add_service(limited!(AuthServer::new(pending::PendingAuth)))
+        .add_service(limited!(AuthServer::new(auth::AuthService::new(node.clone()))))
         .add_service(limited!(LockServer::new(lock::LockService::new(node.clone()))))
         .add_service(limited!(ElectionServer::new(election::ElectionService::new(node.clone()))))
         .add_service(HealthServer::new(health::HealthService))

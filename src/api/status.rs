@@ -3,7 +3,7 @@
 
 use tonic::{Code, Status};
 
-use crate::error::Error;
+use crate::error::{AuthError, Error};
 
 /// etcd's gRPC code and message for `e`.
 pub fn code_and_message(e: &Error) -> (Code, String) {
@@ -37,6 +37,7 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
         Error::NoInflightDowngrade => (Code::FailedPrecondition, "etcdserver: no inflight downgrade job"),
         // Not in etcd's gRPC error table, so it reaches clients untranslated (Unknown).
         Error::UnknownMethod => (Code::Unknown, "etcdserver: unknown method"),
+        Error::Auth(a) => auth_code_and_message(a),
         // Never a call status in etcd: watch answers carry the text as `cancel_reason`.
         Error::WatcherRangeEmpty => (Code::InvalidArgument, "mvcc: watcher range is empty"),
         Error::DuplicateWatchId => (Code::InvalidArgument, "mvcc: duplicate watch ID provided on the WatchStream"),
@@ -49,6 +50,59 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
         Error::Storage(_) | Error::Io(_) | Error::Internal(_) => return (Code::Unknown, e.to_string()),
     };
     (code, msg.to_string())
+}
+
+/// etcd's rpctypes translation of its auth errors. The one etcd leaves untranslated
+/// (`NoPasswordUser`) reaches clients as Unknown with the auth package's own text.
+fn auth_code_and_message(e: &AuthError) -> (Code, &'static str) {
+    match e {
+        AuthError::RootUserNotExist => (Code::FailedPrecondition, "etcdserver: root user does not exist"),
+        AuthError::RootRoleNotExist => (Code::FailedPrecondition, "etcdserver: root user does not have root role"),
+        AuthError::UserAlreadyExist => (Code::FailedPrecondition, "etcdserver: user name already exists"),
+        AuthError::UserEmpty => (Code::InvalidArgument, "etcdserver: user name is empty"),
+        AuthError::UserNotFound => (Code::FailedPrecondition, "etcdserver: user name not found"),
+        AuthError::RoleAlreadyExist => (Code::FailedPrecondition, "etcdserver: role name already exists"),
+        AuthError::RoleNotFound => (Code::FailedPrecondition, "etcdserver: role name not found"),
+        AuthError::RoleEmpty => (Code::InvalidArgument, "etcdserver: role name is empty"),
+        AuthError::PermissionNotGiven => (Code::InvalidArgument, "etcdserver: permission not given"),
+        AuthError::AuthFailed => {
+            (Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password")
+        }
+        AuthError::NoPasswordUser => {
+            (Code::Unknown, "auth: authentication failed, password was given for no password user")
+        }
+        AuthError::PermissionDenied => (Code::PermissionDenied, "etcdserver: permission denied"),
+        AuthError::RoleNotGranted => (Code::FailedPrecondition, "etcdserver: role is not granted to the user"),
+        AuthError::PermissionNotGranted => {
+            (Code::FailedPrecondition, "etcdserver: permission is not granted to the role")
+        }
+        AuthError::AuthNotEnabled => (Code::FailedPrecondition, "etcdserver: authentication is not enabled"),
+        AuthError::AuthOldRevision => (Code::InvalidArgument, "etcdserver: revision of auth store is old"),
+        AuthError::InvalidAuthToken => (Code::Unauthenticated, "etcdserver: invalid auth token"),
+        AuthError::InvalidAuthMgmt => (Code::InvalidArgument, "etcdserver: invalid auth management"),
+    }
+}
+
+/// etcd's Maintenance admin checks (Defragment, Hash, HashKV, Snapshot) return the auth
+/// package's error as is, so clients see gRPC Unknown with `auth: ...` text (e.g.
+/// `auth: permission denied`), not the translated `etcdserver: ...` form.
+pub fn untranslated_auth_status(e: Error) -> Status {
+    match e {
+        Error::Auth(a) => Status::new(Code::Unknown, a.to_string()),
+        other => to_status(other),
+    }
+}
+
+/// A gRPC status as Go's `status.Error(...).Error()` prints it: etcd puts this whole text in a
+/// watch's `cancel_reason` when auth refuses the create (e.g. `rpc error: code = PermissionDenied
+/// desc = etcdserver: permission denied`).
+pub fn go_status_text(e: &Error) -> String {
+    let (code, message) = code_and_message(e);
+    let name = match code {
+        Code::Cancelled => "Canceled".to_string(),
+        other => format!("{other:?}"),
+    };
+    format!("rpc error: code = {name} desc = {message}")
 }
 
 /// The text etcd puts in a watch response's `cancel_reason` for `e`.

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::header;
 use crate::api::pending::BoxStream;
-use crate::api::status::{cancel_reason, to_status};
+use crate::api::status::{cancel_reason, go_status_text, to_status};
 use crate::api::watch_wire::{batch_bytes, encode_events, encode_header, WireResponse};
 use crate::error::Error;
 use crate::node::Node;
@@ -68,10 +68,11 @@ impl WatchService {
         if require_leader && self.node.raft_status().leader.is_none() {
             return Err(to_status(Error::NoLeader));
         }
+        let token = crate::api::auth::token_of(request.metadata());
         let inbound = request.into_inner();
         let handle = Arc::new(self.node.applier.watch().open_stream());
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
-        let recv = tokio::spawn(receive(handle.clone(), inbound, tx.clone()));
+        let recv = tokio::spawn(receive(self.node.clone(), token, handle.clone(), inbound, tx.clone()));
         let pump = Pump {
             node: self.node.clone(),
             handle,
@@ -93,7 +94,13 @@ impl WatchService {
 
 /// Read requests until the client stops sending. A client that only half-closes keeps its
 /// stream (etcd's `recvLoop` returns without error on EOF and the send side goes on).
-async fn receive(handle: Arc<StreamHandle>, mut inbound: Streaming<WatchRequest>, tx: mpsc::Sender<Batch>) {
+async fn receive(
+    node: Arc<Node>,
+    token: Option<String>,
+    handle: Arc<StreamHandle>,
+    mut inbound: Streaming<WatchRequest>,
+    tx: mpsc::Sender<Batch>,
+) {
     loop {
         while handle.backlog() > MAX_BACKLOG {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -108,13 +115,43 @@ async fn receive(handle: Arc<StreamHandle>, mut inbound: Streaming<WatchRequest>
             }
         };
         match request.request_union {
-            Some(RequestUnion::CreateRequest(create)) => handle.watch(watch_spec(create)),
+            Some(RequestUnion::CreateRequest(create)) => {
+                if let Err(denied) = watch_permitted(&node, token.as_deref(), &create) {
+                    let revision = node.mvcc().current_revision();
+                    let refusal = WatchResponse {
+                        header: Some(header::header(&node, revision)),
+                        watch_id: -1,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: go_status_text(&denied),
+                        ..Default::default()
+                    };
+                    let _ = tx.send(Ok(vec![WireResponse::Message(refusal)])).await;
+                    continue;
+                }
+                handle.watch(watch_spec(create))
+            }
             Some(RequestUnion::CancelRequest(cancel)) => handle.cancel(cancel.watch_id),
             Some(RequestUnion::ProgressRequest(_)) => handle.request_progress(),
             // etcd ignores a request with no body rather than ending the stream.
             None => {}
         }
     }
+}
+
+/// etcd's `isWatchPermitted`, checked at every create with the stream's token: READ on the range.
+/// etcd quirk kept: the key conventions are applied first, turning a range end of "\0" into an
+/// EMPTY one, so `--prefix ""` and `--from-key` watches are checked as the single start key.
+fn watch_permitted(node: &Node, token: Option<&str>, create: &WatchCreateRequest) -> Result<(), Error> {
+    let auth = node.applier.auth();
+    let user = match token {
+        Some(t) => auth.info_from_token(t)?,
+        None => Default::default(),
+    };
+    let key: &[u8] = if create.key.is_empty() { &[0] } else { &create.key };
+    let end: &[u8] = if create.range_end == [0] { &[] } else { &create.range_end };
+    auth.check_op(&user, key, end, crate::proto::authpb::permission::Type::Read)?;
+    Ok(())
 }
 
 /// etcd's create-request conventions (`recvLoop`): an empty key is `"\0"`, the smallest key; an

@@ -3,12 +3,14 @@
 //! so a restart replays the log from exactly where the state stops.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::apply::alarms::Alarms;
 use crate::apply::command::{CommandResult, RaftCommand, Request, Response};
 use crate::apply::watch_feed::{MvccHistory, StoreSlot};
-use crate::apply::{execute, txn};
+use crate::apply::{auth_gate, execute, txn};
+use crate::auth::AuthStore;
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
 use crate::mvcc::{CompactionHandle, MvccStore};
@@ -37,6 +39,10 @@ pub struct Applier {
     lessor: Arc<Lessor>,
     /// Active alarms; changed only here, in log order.
     alarms: Arc<Alarms>,
+    /// Users, roles and permissions; changed only here, in log order.
+    auth: Arc<AuthStore>,
+    /// Raft index of the entry being applied (simple auth tokens end with it, as etcd's do).
+    index: AtomicU64,
 }
 
 impl Applier {
@@ -49,10 +55,31 @@ impl Applier {
         let lessor = Arc::new(Lessor::open(engine.as_ref())?);
         let alarms = Arc::new(Alarms::open(engine.as_ref())?);
         restore_attachments(&mvcc, &lessor)?;
+        let auth = Arc::new(AuthStore::open(engine.as_ref())?);
         let current = mvcc.current_revision();
         let mvcc: StoreSlot = Arc::new(RwLock::new(mvcc));
         let watch = Arc::new(WatchHub::new(Box::new(MvccHistory::new(mvcc.clone())), current));
-        Ok(Applier { buffer, engine, mvcc, watch, compactions: Mutex::new(HashMap::new()), lessor, alarms })
+        Ok(Applier {
+            buffer,
+            engine,
+            mvcc,
+            watch,
+            compactions: Mutex::new(HashMap::new()),
+            lessor,
+            alarms,
+            auth,
+            index: AtomicU64::new(0),
+        })
+    }
+
+    /// The auth store the edge checks tokens and reads against.
+    pub fn auth(&self) -> &Arc<AuthStore> {
+        &self.auth
+    }
+
+    /// The raft layer names the index of the entry it is about to apply.
+    pub fn note_index(&self, index: u64) {
+        self.index.store(index, AtomicOrdering::Relaxed);
     }
 
     /// The lessor readers (the leader's lease clock, the Lease API) share.
@@ -123,6 +150,10 @@ impl Applier {
         }
         let mvcc = self.mvcc();
         let lessor = &self.lessor;
+        if let Err(denied) = auth_gate::check(&self.auth, lessor, command) {
+            self.engine.write(extra)?;
+            return Ok(CommandResult { outcome: client_error(Error::Auth(denied))? });
+        }
         let lease_exists = |id: i64| lessor.contains(id);
         let outcome = match &command.request {
             Request::Put(req) => {
@@ -243,6 +274,14 @@ impl Applier {
                 self.engine.write(extra)?;
                 Ok(Response::Downgrade(DowngradeResponse { header: current_header(&mvcc), version: String::new() }))
             }
+            Request::Auth(req) => {
+                let applied = self.auth.apply(req, self.index.load(AtomicOrdering::Relaxed), &mut extra);
+                self.engine.write(extra)?;
+                match applied {
+                    Ok(resp) => Ok(Response::Auth(resp)),
+                    Err(e) => client_error(Error::Auth(e))?,
+                }
+            }
         };
         Ok(CommandResult { outcome })
     }
@@ -268,6 +307,7 @@ impl Applier {
         let fresh = Arc::new(MvccStore::open(self.engine.clone())?);
         self.lessor.reload(self.engine.as_ref())?;
         self.alarms.reload(self.engine.as_ref())?;
+        self.auth.reload(self.engine.as_ref())?;
         restore_attachments(&fresh, &self.lessor)?;
         let current = fresh.current_revision();
         *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = fresh;

@@ -11,10 +11,11 @@ use crate::proto::etcdserverpb::{
     DowngradeRequest, DowngradeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest,
     LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
+use crate::proto::serde_pb as pb;
 
 /// Who proposed a command. Mirrors etcd's `RequestHeader` inside `InternalRaftRequest`: the id lets
 /// the proposer match the applied result; username and auth revision are checked at apply time
-/// (auth arrives with a later issue, the fields are carried from the start so the log format holds).
+/// (`apply/auth_gate.rs`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CommandHeader {
     pub id: u64,
@@ -43,6 +44,8 @@ pub enum Request {
     /// etcd's internal `DowngradeInfoSet`, carried as the client's request after the edge
     /// validated it: ENABLE with the target already normalised to `major.minor.0`, or CANCEL.
     Downgrade(#[serde(with = "pb")] DowngradeRequest),
+    /// Every auth change and auth query (etcd 3.5 sends them all through raft).
+    Auth(crate::auth::request::AuthRequest),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -63,6 +66,7 @@ impl fmt::Display for RaftCommand {
             Request::LeaseCheckpoint(_) => "lease_checkpoint",
             Request::Alarm(_) => "alarm",
             Request::Downgrade(_) => "downgrade",
+            Request::Auth(_) => "auth",
         };
         write!(f, "{kind}#{}", self.header.id)
     }
@@ -83,10 +87,22 @@ impl RaftCommand {
             Request::LeaseCheckpoint(r) => r.encoded_len(),
             Request::Alarm(r) => r.encoded_len(),
             Request::Downgrade(r) => r.encoded_len(),
+            Request::Auth(r) => r.encoded_len(),
         };
         // field key + length prefix of the request, plus the header message
-        // (2-byte key for field 100, its length, and the id as a varint).
-        body + 1 + prost::length_delimiter_len(body) + 3 + 1 + prost::encoding::encoded_len_varint(self.header.id)
+        // (2-byte key for field 100, its length, and the id as a varint), plus the username and
+        // auth revision when a user is named.
+        let user = if self.header.username.is_empty() {
+            0
+        } else {
+            2 + self.header.username.len() + 1 + prost::encoding::encoded_len_varint(self.header.auth_revision)
+        };
+        body + 1
+            + prost::length_delimiter_len(body)
+            + 3
+            + 1
+            + prost::encoding::encoded_len_varint(self.header.id)
+            + user
     }
 }
 
@@ -104,6 +120,7 @@ pub enum Response {
     LeaseCheckpoint(#[serde(with = "pb")] LeaseCheckpointResponse),
     Alarm(#[serde(with = "pb")] AlarmResponse),
     Downgrade(#[serde(with = "pb")] DowngradeResponse),
+    Auth(crate::auth::request::AuthResponse),
 }
 
 /// What apply produced for one entry. A client-caused failure is a *result* (the same on every
@@ -140,6 +157,7 @@ pub enum ApplyError {
     LeaseExists,
     LeaseTtlTooLarge,
     Corrupt,
+    Auth(crate::error::AuthError),
 }
 
 impl From<Error> for ApplyError {
@@ -158,6 +176,7 @@ impl From<Error> for ApplyError {
             Error::LeaseExists => ApplyError::LeaseExists,
             Error::LeaseTtlTooLarge => ApplyError::LeaseTtlTooLarge,
             Error::Corrupt => ApplyError::Corrupt,
+            Error::Auth(a) => ApplyError::Auth(a),
             other => ApplyError::Other(other.to_string()),
         }
     }
@@ -180,46 +199,8 @@ impl From<ApplyError> for Error {
             ApplyError::LeaseExists => Error::LeaseExists,
             ApplyError::LeaseTtlTooLarge => Error::LeaseTtlTooLarge,
             ApplyError::Corrupt => Error::Corrupt,
+            ApplyError::Auth(a) => Error::Auth(a),
         }
-    }
-}
-
-/// serde adapter: a prost message as its protobuf bytes.
-mod pb {
-    use prost::Message;
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<M: Message, S: Serializer>(m: &M, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&m.encode_to_vec())
-    }
-
-    pub fn deserialize<'de, M: Message + Default, D: Deserializer<'de>>(d: D) -> Result<M, D::Error> {
-        let bytes: Vec<u8> = serde_bytes_vec(d)?;
-        M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
-    }
-
-    fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("protobuf bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(b) = seq.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_bytes(V)
     }
 }
 

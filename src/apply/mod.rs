@@ -3,6 +3,7 @@
 
 pub mod alarms;
 pub mod applier;
+pub mod auth_gate;
 pub mod command;
 pub mod downgrade;
 pub mod execute;

@@ -106,6 +106,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             let position = postcard::to_allocvec(&self.position).map_err(io_err)?;
+            self.applier.note_index(entry.log_id.index);
             let result = self.applier.apply(command, position).map_err(io_err)?;
             if let Some(responder) = responder {
                 responder.send(result);

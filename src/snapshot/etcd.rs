@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::bbolt::{BucketBuilder, BucketRef, Entry, Reader, Writer};
 use crate::error::SnapshotError;
-use crate::storage::{Engine, EngineKind, WriteBatch};
+use crate::storage::{auth_rows, Engine, EngineKind, WriteBatch};
 
 /// Keel's table of revision rows (`mvcc::KV_TABLE`; a test pins the two equal, since this module
 /// sits below `mvcc`).
@@ -100,6 +100,10 @@ pub fn export<W: Write + Seek>(engine: &dyn Engine, info: &ExportInfo, out: W) -
     let mut meta_rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut lease_rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut alarm_rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    // etcd's auth buckets. A fresh etcd 3.5 backend holds authRevision 1 and no authEnabled row
+    // until auth is first enabled or disabled; Keel's auth table has the same rows when it has any.
+    let mut auth_rows: BTreeMap<&'static [u8], BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+    auth_rows.entry(b"auth").or_default().insert(b"authRevision".to_vec(), 1u64.to_be_bytes().to_vec());
     let mut failure = None;
     engine
         .scan_all(&mut |table, key, value| {
@@ -111,6 +115,12 @@ pub fn export<W: Write + Seek>(engine: &dyn Engine, info: &ExportInfo, out: W) -
                 }
                 ALARM_TABLE => {
                     alarm_rows.insert(key.to_vec(), value.to_vec());
+                    Ok(())
+                }
+                auth_rows::TABLE => {
+                    if let Some((bucket, etcd_key)) = auth_rows::to_etcd(key) {
+                        auth_rows.entry(bucket).or_default().insert(etcd_key, value.to_vec());
+                    }
                     Ok(())
                 }
                 META_TABLE if key == SCHEDULED_COMPACT || key == FINISHED_COMPACT => {
@@ -153,9 +163,7 @@ pub fn export<W: Write + Seek>(engine: &dyn Engine, info: &ExportInfo, out: W) -
             b"members" => std::mem::take(&mut members),
             b"lease" => std::mem::take(&mut lease_rows),
             b"alarm" => std::mem::take(&mut alarm_rows),
-            // A fresh etcd 3.5 backend holds authRevision 1 (and no authEnabled row until auth is
-            // first enabled or disabled); Keel has no auth store yet, so that is the truth.
-            b"auth" => BTreeMap::from([(b"authRevision".to_vec(), 1u64.to_be_bytes().to_vec())]),
+            b"auth" | b"authUsers" | b"authRoles" => auth_rows.remove(*name).unwrap_or_default(),
             b"cluster" => BTreeMap::from([(b"clusterVersion".to_vec(), CLUSTER_VERSION.to_vec())]),
             _ => BTreeMap::new(),
         };
@@ -284,17 +292,6 @@ fn bucket_of<'a>(reader: &Reader<'a>, name: &[u8]) -> Result<Option<BucketRef<'a
     reader.bucket(&[name])
 }
 
-fn count_rows(reader: &Reader<'_>, name: &[u8]) -> Result<u64, SnapshotError> {
-    let mut n = 0;
-    if let Some(b) = bucket_of(reader, name)? {
-        reader.for_each(b, &mut |_| {
-            n += 1;
-            Ok(())
-        })?;
-    }
-    Ok(n)
-}
-
 /// Copy an etcd snapshot database (trailer already checked and removed) into `engine`: every row
 /// of `key` into `"kv"` as it is, so every retained revision reads as it did in etcd, and the
 /// compaction state into `"meta"` (a compaction scheduled but not finished is resumed when the
@@ -355,6 +352,18 @@ pub fn restore(db: &[u8], engine: &dyn Engine) -> Result<RestoreReport, Snapshot
             Ok(())
         })?;
     }
+    for bucket in [&b"auth"[..], b"authUsers", b"authRoles"] {
+        if let Some(rows) = bucket_of(&reader, bucket)? {
+            reader.for_each(rows, &mut |e| {
+                if let Entry::Value { key, value } = e {
+                    if let Some(row) = auth_rows::from_etcd(bucket, key) {
+                        batch.put(auth_rows::TABLE, row, value);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
     if let Some(leases) = bucket_of(&reader, LEASE_BUCKET)? {
         reader.for_each(leases, &mut |e| {
             if let Entry::Value { key, value } = e {
@@ -367,12 +376,6 @@ pub fn restore(db: &[u8], engine: &dyn Engine) -> Result<RestoreReport, Snapshot
     engine.write(batch).map_err(storage)?;
     engine.sync().map_err(storage)?;
 
-    for (bucket, what) in [(&b"authUsers"[..], "users"), (b"authRoles", "roles")] {
-        let n = count_rows(&reader, bucket)?;
-        if n > 0 {
-            report.skipped.push(format!("{n} {what} (this Keel build has no {what} store yet)"));
-        }
-    }
     Ok(report)
 }
 

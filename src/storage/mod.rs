@@ -9,6 +9,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
+pub mod auth_rows;
 pub mod checksum;
 mod dump;
 mod redb_engine;
