@@ -12,6 +12,10 @@
 //! Leases: `apply` keeps the replicated lease state in `lease` (the lessor: TTLs, checkpoints,
 //! attached keys); the leader's `lease_clock` holds the deadlines, answers keep-alives without
 //! raft and proposes revokes and remaining-TTL checkpoints through `propose`.
+//!
+//! HTTP on the client port: `api/gateway.rs` serves etcd's JSON gateway by calling the gRPC
+//! services in-process, plus `/health`, `/version` and `/metrics`; `metrics` holds the counters
+//! that the WAL, `propose`, `mvcc` and a gRPC layer bump, and renders them in Prometheus's format.
 
 pub mod api;
 pub mod apply;
@@ -20,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod lease;
 pub mod lease_clock;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod propose;

@@ -23,6 +23,8 @@ use crate::raft::{self, RaftSettings};
 /// A started server: where it listens, and how to wait for it to stop.
 pub struct Running {
     pub client_addrs: Vec<SocketAddr>,
+    /// Where `--listen-metrics-urls` listeners are bound (empty without that flag).
+    pub metrics_addrs: Vec<SocketAddr>,
     pub node: Arc<Node>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -43,6 +45,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Running> {
     let listeners = bind_all(&config.client_listen_addrs()).await?;
     let client_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let metrics_listeners = bind_all(&config.metrics_listen_addrs()).await?;
+    let metrics_addrs: Vec<SocketAddr> = metrics_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
     let token = config.initial_cluster_token.clone();
     let mut members = Vec::new();
@@ -104,6 +108,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         read_batcher: Default::default(),
         leases,
     });
+    crate::metrics::watch_leader_changes(&node);
     wait_for_leader(&node, Duration::from_secs(30)).await?;
     // Lease expiry is the leader's job; the task follows leadership from here on.
     node.leases.start(node.clone());
@@ -113,7 +118,9 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         crate::auto_compact::spawn(&node, policy);
     }
 
-    let routes = crate::api::routes(node.clone(), config.grpc_max_recv_bytes());
+    let services = crate::api::routes(node.clone(), config.grpc_max_recv_bytes());
+    let metrics_app = crate::api::gateway::metrics_router(services.clone(), node.clone());
+    let routes = crate::api::gateway::client_router(services, node.clone());
     // Small responses must not wait for the peer's delayed ACK (Nagle): etcd's Go server sets
     // TCP_NODELAY on every connection, and without it each read answers ~40 ms late.
     let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new)).map(|conn| {
@@ -122,9 +129,18 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
             Ok(stream)
         })
     });
+    let metrics_tasks: Vec<_> = metrics_listeners
+        .into_iter()
+        .map(|listener| {
+            let app = metrics_app.clone();
+            tokio::spawn(async move { axum::serve(listener, app).await })
+        })
+        .collect();
     let serving_node = node.clone();
     let task = tokio::spawn(async move {
+        // etcd's client port speaks HTTP/1.1 (gateway, /health, /metrics) beside gRPC's HTTP/2.
         let served = tonic::transport::Server::builder()
+            .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .layer(tower::util::MapResponseLayer::new(|mut resp: http::Response<tonic::body::Body>| {
@@ -134,6 +150,9 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
+        for metrics_task in &metrics_tasks {
+            metrics_task.abort();
+        }
         let stopped = shut_down(&serving_node).await;
         served.context("serve clients")?;
         stopped
@@ -143,9 +162,10 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         member_id = %format!("{:x}", me.id),
         cluster_id = %format!("{cluster_id:x}"),
         addrs = ?client_addrs,
+        metrics_addrs = ?metrics_addrs,
         "ready to serve client requests"
     );
-    Ok(Running { client_addrs, node, task })
+    Ok(Running { client_addrs, metrics_addrs, node, task })
 }
 
 async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
@@ -188,11 +208,12 @@ fn spawn_storage_sync(node: Arc<Node>) {
             drop(node);
             let durable = ticks.is_multiple_of(FLUSHES_PER_SYNC);
             let done = tokio::task::spawn_blocking(move || {
-                if durable {
-                    applier.engine().sync().map_err(crate::error::Error::from)
-                } else {
-                    applier.flush()
-                }
+                // etcd's backend commit: the batch reaching the engine (and, every second, disk).
+                let began = std::time::Instant::now();
+                let done =
+                    if durable { applier.engine().sync().map_err(crate::error::Error::from) } else { applier.flush() };
+                crate::metrics::BACKEND_COMMIT.observe(began.elapsed());
+                done
             })
             .await;
             match done {

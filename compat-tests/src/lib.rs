@@ -5,6 +5,7 @@
 pub mod diff;
 pub mod etcdctl;
 pub mod etcdctl_watch;
+pub mod http;
 pub mod lease_ids;
 pub mod lease_scenarios;
 pub mod runner;

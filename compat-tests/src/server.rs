@@ -106,7 +106,7 @@ pub fn keel_bin() -> PathBuf {
 
 /// Asks the kernel for a free loopback port. The listener is closed before the server binds it, so
 /// another process could take it meanwhile; [`Server::start`] retries with new ports if that happens.
-fn free_port() -> Result<u16, HarnessError> {
+pub fn free_port() -> Result<u16, HarnessError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("binding port 0", e))?;
     let port = listener.local_addr().map_err(|e| HarnessError::io("reading a bound port", e))?.port();
     Ok(port)

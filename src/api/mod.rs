@@ -2,6 +2,7 @@
 //! and map errors (through `status.rs`).
 
 pub mod cluster;
+pub mod gateway;
 pub mod header;
 pub mod health;
 pub mod kv;
