@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -158,17 +158,26 @@ pub fn watch_leader_changes(node: &Arc<Node>) {
 
 // ---- gRPC: go-grpc-prometheus's server metrics ----
 
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Method {
+/// One gRPC method's counters. Created once per method and shared, so a call costs a read lock
+/// and two atomic increments, with no allocation.
+struct MethodCounters {
     service: String,
     method: String,
     kind: &'static str,
+    started: AtomicU64,
+    /// By code (0..=16).
+    handled: [AtomicU64; 17],
 }
 
-impl Method {
-    /// `/etcdserverpb.KV/Range` → service `etcdserverpb.KV`, method `Range`, and its streaming kind.
-    fn from_path(path: &str) -> Option<Method> {
+impl MethodCounters {
+    /// `/etcdserverpb.KV/Range` → service `etcdserverpb.KV`, method `Range`, and its streaming
+    /// kind. Only etcd's services are counted, so odd paths cannot grow the table.
+    fn from_path(path: &str) -> Option<MethodCounters> {
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        let known = ["etcdserverpb.", "v3lockpb.", "v3electionpb.", "grpc.health.v1."];
+        if !known.iter().any(|p| service.starts_with(p)) || method.is_empty() || method.contains('/') {
+            return None;
+        }
         let kind = match (service, method) {
             ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
             ("etcdserverpb.Maintenance", "Snapshot")
@@ -176,20 +185,32 @@ impl Method {
             | ("grpc.health.v1.Health", "Watch") => "server_stream",
             _ => "unary",
         };
-        Some(Method { service: service.to_string(), method: method.to_string(), kind })
+        Some(MethodCounters {
+            service: service.to_string(),
+            method: method.to_string(),
+            kind,
+            started: AtomicU64::new(0),
+            handled: Default::default(),
+        })
     }
 }
 
-#[derive(Default)]
-struct GrpcCounts {
-    started: BTreeMap<Method, u64>,
-    handled: BTreeMap<(i32, Method), u64>,
-}
+/// At most this many methods are tracked (etcd's services have about 60).
+const MAX_METHODS: usize = 256;
 
-static GRPC: LazyLock<Mutex<GrpcCounts>> = LazyLock::new(Default::default);
+/// Counters by request path, ordered so that the exposition lists them by service and method.
+static GRPC: LazyLock<RwLock<BTreeMap<String, Arc<MethodCounters>>>> = LazyLock::new(Default::default);
 
-fn grpc_counts() -> std::sync::MutexGuard<'static, GrpcCounts> {
-    GRPC.lock().unwrap_or_else(|p| p.into_inner())
+fn counters_for(path: &str) -> Option<Arc<MethodCounters>> {
+    if let Some(c) = GRPC.read().unwrap_or_else(|p| p.into_inner()).get(path) {
+        return Some(c.clone());
+    }
+    let fresh = MethodCounters::from_path(path)?;
+    let mut table = GRPC.write().unwrap_or_else(|p| p.into_inner());
+    if table.len() >= MAX_METHODS && !table.contains_key(path) {
+        return None;
+    }
+    Some(table.entry(path.to_string()).or_insert_with(|| Arc::new(fresh)).clone())
 }
 
 /// grpc-go's names for codes, the values of the `grpc_code` label.
@@ -251,9 +272,9 @@ where
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let method = if is_grpc { Method::from_path(request.uri().path()) } else { None };
+        let method = if is_grpc { counters_for(request.uri().path()) } else { None };
         if let Some(m) = &method {
-            *grpc_counts().started.entry(m.clone()).or_default() += 1;
+            m.started.fetch_add(1, Ordering::Relaxed);
         }
         let called = self.inner.call(request);
         Box::pin(async move {
@@ -272,13 +293,13 @@ where
 /// dropped before that (the client went away) counts as Canceled.
 pub struct Metered<B> {
     inner: Option<B>,
-    method: Option<Method>,
+    method: Option<Arc<MethodCounters>>,
 }
 
 /// Count one finished call (at most once: the method is taken).
-fn handled(code: Code, method: Option<Method>) {
+fn handled(code: Code, method: Option<Arc<MethodCounters>>) {
     if let Some(m) = method {
-        *grpc_counts().handled.entry((code as i32, m)).or_default() += 1;
+        m.handled[(code as usize).min(16)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -436,12 +457,14 @@ pub fn render(node: &Node) -> String {
         "gauge",
         raft.applied_index,
     );
+    // etcd reports raft's commit index here (a gauge, despite the name).
+    let committed = node.raft.metrics().borrow_watched().local_committed.as_ref().map(|l| l.index).unwrap_or(0);
     sample(
         o,
         "etcd_server_proposals_committed_total",
         "The total number of consensus proposals committed.",
         "gauge",
-        raft.last_index,
+        committed,
     );
     sample(
         o,
@@ -466,29 +489,38 @@ pub fn render(node: &Node) -> String {
     let _ = writeln!(o, "etcd_server_version{{server_version=\"{}\"}} 1", crate::config::ETCD_API_VERSION);
 
     {
-        let counts = grpc_counts();
+        let table = GRPC.read().unwrap_or_else(|p| p.into_inner());
         header(
             o,
             "grpc_server_handled_total",
             "Total number of RPCs completed on the server, regardless of success or failure.",
             "counter",
         );
-        for ((code, m), n) in &counts.handled {
-            let _ = writeln!(
-                o,
-                "grpc_server_handled_total{{grpc_code=\"{}\",grpc_method=\"{}\",grpc_service=\"{}\",grpc_type=\"{}\"}} {n}",
-                code_name(Code::from_i32(*code)),
-                m.method,
-                m.service,
-                m.kind
-            );
+        for m in table.values() {
+            for (code, n) in m.handled.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let _ = writeln!(
+                    o,
+                    "grpc_server_handled_total{{grpc_code=\"{}\",grpc_method=\"{}\",grpc_service=\"{}\",grpc_type=\"{}\"}} {n}",
+                    code_name(Code::from_i32(code as i32)),
+                    m.method,
+                    m.service,
+                    m.kind
+                );
+            }
         }
         header(o, "grpc_server_started_total", "Total number of RPCs started on the server.", "counter");
-        for (m, n) in &counts.started {
+        for m in table.values() {
             let _ = writeln!(
                 o,
-                "grpc_server_started_total{{grpc_method=\"{}\",grpc_service=\"{}\",grpc_type=\"{}\"}} {n}",
-                m.method, m.service, m.kind
+                "grpc_server_started_total{{grpc_method=\"{}\",grpc_service=\"{}\",grpc_type=\"{}\"}} {}",
+                m.method,
+                m.service,
+                m.kind,
+                m.started.load(Ordering::Relaxed)
             );
         }
     }
@@ -562,10 +594,21 @@ mod tests {
 
     #[test]
     fn grpc_paths_name_service_method_and_kind() {
-        let m = Method::from_path("/etcdserverpb.Watch/Watch").unwrap();
+        let m = MethodCounters::from_path("/etcdserverpb.Watch/Watch").unwrap();
         assert_eq!((m.service.as_str(), m.method.as_str(), m.kind), ("etcdserverpb.Watch", "Watch", "bidi_stream"));
-        assert_eq!(Method::from_path("/etcdserverpb.KV/Range").unwrap().kind, "unary");
-        assert_eq!(Method::from_path("/etcdserverpb.Maintenance/Snapshot").unwrap().kind, "server_stream");
-        assert!(Method::from_path("/health").is_none());
+        assert_eq!(MethodCounters::from_path("/etcdserverpb.KV/Range").unwrap().kind, "unary");
+        assert_eq!(MethodCounters::from_path("/etcdserverpb.Maintenance/Snapshot").unwrap().kind, "server_stream");
+        assert!(MethodCounters::from_path("/health").is_none());
+        assert!(MethodCounters::from_path("/made.Up/Call").is_none());
+    }
+
+    #[test]
+    fn grpc_counters_are_shared_per_method() {
+        let a = counters_for("/etcdserverpb.Cluster/MemberPromote").unwrap();
+        let b = counters_for("/etcdserverpb.Cluster/MemberPromote").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let before = a.handled[Code::NotFound as usize].load(Ordering::Relaxed);
+        handled(Code::NotFound, Some(b));
+        assert_eq!(a.handled[Code::NotFound as usize].load(Ordering::Relaxed), before + 1);
     }
 }

@@ -348,8 +348,10 @@ fn stream_error_line(status: &Status) -> Bytes {
     Bytes::from(out)
 }
 
-/// A stream's replies as grpc-gateway writes them: one `{"result":<message>}` line each.
-fn stream_reply<T: Serialize + Send + 'static>(replies: tonic::Streaming<T>) -> Response
+/// A stream's replies as grpc-gateway writes them: one `{"result":<message>}` line each, and an
+/// error as a last `{"error":{...}}` line. Headers go out with the first reply, so a stream that
+/// fails before any message answers with the error's HTTP status, as etcd's gateway does.
+async fn stream_reply<T: Serialize + Send + 'static>(mut replies: tonic::Streaming<T>) -> Response
 where
     tonic::Streaming<T>: Stream<Item = Result<T, Status>>,
 {
@@ -357,7 +359,12 @@ where
     struct Envelope<'a, T> {
         result: &'a T,
     }
-    let lines = replies.map(|item| {
+    let first = replies.next().await;
+    let status = match &first {
+        Some(Err(e)) => http_status(e.code()),
+        _ => StatusCode::OK,
+    };
+    let lines = futures::stream::iter(first).chain(replies).map(|item| {
         let line = match item {
             Ok(message) => match serde_json::to_vec(&Envelope { result: &message }) {
                 Ok(mut line) => {
@@ -371,7 +378,7 @@ where
         Ok::<_, std::convert::Infallible>(line)
     });
     (
-        StatusCode::OK,
+        status,
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::HeaderName::from_static("grpc-metadata-content-type"), "application/grpc"),
@@ -393,7 +400,7 @@ where
         Err(status) => return error_reply(&status),
     };
     match call(with_metadata(&headers, request)).await {
-        Ok(replies) => stream_reply(replies.into_inner()),
+        Ok(replies) => stream_reply(replies.into_inner()).await,
         Err(status) => error_reply(&status),
     }
 }
@@ -401,7 +408,7 @@ where
 async fn watch(grpc: Routes, headers: HeaderMap, body: Body) -> Response {
     let requests = json_requests::<WatchRequest, _, _>(body.into_data_stream());
     match WatchClient::new(grpc).watch(with_metadata(&headers, requests)).await {
-        Ok(replies) => stream_reply(replies.into_inner()),
+        Ok(replies) => stream_reply(replies.into_inner()).await,
         Err(status) => error_reply(&status),
     }
 }
@@ -409,7 +416,7 @@ async fn watch(grpc: Routes, headers: HeaderMap, body: Body) -> Response {
 async fn keep_alive(grpc: Routes, headers: HeaderMap, body: Body) -> Response {
     let requests = json_requests::<LeaseKeepAliveRequest, _, _>(body.into_data_stream());
     match LeaseClient::new(grpc).lease_keep_alive(with_metadata(&headers, requests)).await {
-        Ok(replies) => stream_reply(replies.into_inner()),
+        Ok(replies) => stream_reply(replies.into_inner()).await,
         Err(status) => error_reply(&status),
     }
 }
@@ -612,6 +619,30 @@ mod tests {
                 r#"{"cancel_request":{"watch_id":"7"}}"#
             ]
         );
+    }
+
+    #[test]
+    fn authorization_header_becomes_the_token_metadata() {
+        // etcd's gateway takes the bare token (no "Bearer") and passes Grpc-Metadata-* through.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("tok.123"));
+        headers.insert("grpc-metadata-hasleader", HeaderValue::from_static("true"));
+        let request = with_metadata(&headers, ());
+        assert_eq!(request.metadata().get("token").unwrap(), "tok.123");
+        assert_eq!(request.metadata().get("hasleader").unwrap(), "true");
+        assert!(with_metadata(&HeaderMap::new(), ()).metadata().get("token").is_none());
+    }
+
+    #[test]
+    fn stream_errors_are_grpc_gateway_error_lines() {
+        let line = stream_error_line(&Status::new(Code::InvalidArgument, "etcdserver: key is not provided"));
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"grpc_code": 3, "http_code": 400,
+                "message": "etcdserver: key is not provided", "http_status": "Bad Request"}})
+        );
+        assert!(line.ends_with(b"\n"));
     }
 
     #[test]
