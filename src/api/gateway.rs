@@ -149,50 +149,51 @@ fn http_router(grpc: Routes, services: Routes, node: Arc<Node>) -> Router {
         }),
     );
 
-    app = app.route("/version", get(version));
+    app = app.route("/version", get_only(version));
     probes(app, node, services).fallback(fallback).layer(axum::middleware::from_fn(cors))
 }
 
 /// `/metrics`, `/health`, `/livez`, `/readyz`: served on the client port and on the metrics port.
-fn probes(app: Router, node: Arc<Node>, grpc: Routes) -> Router {
+fn probes(mut app: Router, node: Arc<Node>, grpc: Routes) -> Router {
     let metrics_node = node.clone();
-    let health_node = node.clone();
-    let health_grpc = grpc.clone();
-    let live_grpc = grpc.clone();
-    let ready_node = node;
-    let ready_grpc = grpc;
-    app.route(
+    // Prometheus's handler answers any method.
+    app = app.route(
         "/metrics",
-        get(move || {
+        axum::routing::any(move || {
             let node = metrics_node.clone();
             async move { metrics(&node) }
         }),
-    )
-    .route(
+    );
+    let (health_node, health_grpc) = (node.clone(), grpc.clone());
+    app = app.route(
         "/health",
         get_only(move |q: axum::extract::RawQuery| {
             let (node, grpc) = (health_node.clone(), health_grpc.clone());
             async move { health(node, grpc, q.0.unwrap_or_default()).await }
         }),
-    )
-    .route(
-        "/livez",
-        get_only(move |q: axum::extract::RawQuery| {
-            let grpc = live_grpc.clone();
-            async move { probe(&["serializable_read"], None, grpc, q.0.unwrap_or_default()).await }
-        }),
-    )
-    .route(
-        "/readyz",
-        get_only(move |q: axum::extract::RawQuery| {
-            let (node, grpc) = (ready_node.clone(), ready_grpc.clone());
-            async move {
-                let checks = ["data_corruption", "serializable_read", "linearizable_read"];
-                probe(&checks, Some(node), grpc, q.0.unwrap_or_default()).await
-            }
-        }),
-    )
+    );
+    // Each probe answers for all its checks, and `/<probe>/<check>` for one of them.
+    for (probe_path, checks) in [("/livez", LIVEZ_CHECKS), ("/readyz", READYZ_CHECKS)] {
+        let paths = std::iter::once((probe_path.to_string(), checks))
+            .chain(checks.iter().map(|c| (format!("{probe_path}/{c}"), std::slice::from_ref(c))));
+        for (path, checks) in paths {
+            let (node, grpc) = (node.clone(), grpc.clone());
+            app = app.route(
+                &path,
+                get_only(move |q: axum::extract::RawQuery| {
+                    let (node, grpc) = (node.clone(), grpc.clone());
+                    async move { probe(checks, &node, &grpc, &q.0.unwrap_or_default()).await }
+                }),
+            );
+        }
+    }
+    app
 }
+
+/// etcd 3.5.16's `/livez` checks.
+const LIVEZ_CHECKS: &[&str] = &["serializable_read"];
+/// etcd 3.5.16's `/readyz` checks.
+const READYZ_CHECKS: &[&str] = &["data_corruption", "serializable_read", "linearizable_read"];
 
 /// A gateway path answers POST; grpc-gateway v1 answers any other method with 501 and code 12
 /// (`{"code":12,"message":"Method Not Allowed"}`), not HTTP's 405.
@@ -514,36 +515,34 @@ async fn health(node: Arc<Node>, grpc: Routes, query: String) -> Response {
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "false"),
     };
     let body = serde_json::json!({"health": healthy, "reason": reason.unwrap_or_default()});
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    // etcd sets no content type here, so Go's sniffing labels the JSON as text.
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body.to_string()).into_response()
 }
 
 /// etcd's `/livez` and `/readyz`: named checks, `?exclude=<check>` to skip one, `?verbose` to
 /// list each; text `ok` or 503 with the failures.
-async fn probe(checks: &[&str], node: Option<Arc<Node>>, grpc: Routes, query: String) -> Response {
-    let excluded: Vec<&str> = query_values(&query, "exclude").collect();
-    let verbose = query_values(&query, "verbose").next().is_some();
+async fn probe(checks: &[&str], node: &Node, grpc: &Routes, query: &str) -> Response {
+    let excluded: Vec<&str> = query_values(query, "exclude").collect();
+    let verbose = query_values(query, "verbose").next().is_some();
     let mut out = String::new();
     let mut failed = false;
     for &check in checks {
+        // etcd leaves an excluded check out of the verbose listing too.
         if excluded.contains(&check) {
-            if verbose {
-                out.push_str(&format!("[+]{check} excluded: ok\n"));
-            }
             continue;
         }
         let result = match check {
-            "data_corruption" => match alarms(&grpc).await {
+            "data_corruption" => match alarms(grpc).await {
                 Ok(raised) if raised.contains(&AlarmType::Corrupt) => Err("alarm activated: CORRUPT".to_string()),
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.message().to_string()),
             },
-            "serializable_read" => health_read(&grpc, true).await.map_err(|e| e.message().to_string()),
+            "serializable_read" => health_read(grpc, true).await.map_err(|e| e.message().to_string()),
             _ => {
-                let leaderless = node.as_ref().is_some_and(|n| n.raft_status().leader.is_none());
-                if leaderless {
+                if node.raft_status().leader.is_none() {
                     Err("etcdserver: no leader".to_string())
                 } else {
-                    health_read(&grpc, false).await.map_err(|e| e.message().to_string())
+                    health_read(grpc, false).await.map_err(|e| e.message().to_string())
                 }
             }
         };
