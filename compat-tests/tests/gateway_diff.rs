@@ -354,3 +354,25 @@ async fn plain_http_matches_etcd() {
         seen[0].iter().zip(&seen[1]).filter(|(e, k)| e != k).map(|(e, k)| format!("etcd: {e}\nkeel: {k}")).collect();
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
+
+/// A gateway watch whose HTTP client goes away leaves no watcher behind (on etcd neither).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_watchers_go_when_their_client_does() {
+    let (etcd, keel) = start_pair().await;
+    for server in [&etcd, &keel] {
+        let addr = server.client_addr();
+        let watch = r#"{"create_request":{"key":"Zm9v"}}"#;
+        let (_, created) = http::stream_lines(&addr, "/v3/watch", watch, 1, || async { Ok(()) }).await.unwrap();
+        assert_eq!(created[0]["result"]["created"], Value::Bool(true));
+        // stream_lines has closed its connection; the watcher must follow within a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let watchers = sample(&metrics_page(&addr).await, "etcd_debugging_mvcc_watcher_total");
+            if watchers == Some(0.0) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{}: {watchers:?} watchers left", server.kind());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
