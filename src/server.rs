@@ -143,10 +143,6 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .layer(tower::util::MapResponseLayer::new(|mut resp: http::Response<tonic::body::Body>| {
-                crate::api::status::rewrite_transport_status(resp.headers_mut());
-                resp
-            }))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;

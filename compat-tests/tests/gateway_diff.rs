@@ -355,6 +355,24 @@ async fn plain_http_matches_etcd() {
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
 
+/// A value of 1.4 MiB (under the 1.5 MiB request limit) passes the gateway as it passes etcd's, and one
+/// over the limit is refused with etcd's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_pass_the_gateway_as_on_etcd() {
+    // base64 of n bytes of 0xff is "////" repeated; 1,468,005 bytes -> 1,957,340 characters.
+    let body = |n: usize| format!(r#"{{"key":"Zm9v","value":"{}"}}"#, "/".repeat(n.div_ceil(3) * 4));
+    let (etcd, keel) = start_pair().await;
+    let mut seen = Vec::new();
+    for server in [&etcd, &keel] {
+        let addr = server.client_addr();
+        let fits = http::post(&addr, "/v3/kv/put", &body(1_468_005)).await.unwrap();
+        let too_big = http::post(&addr, "/v3/kv/put", &body(2 * 1024 * 1024)).await.unwrap();
+        seen.push((fits.status, too_big.status, masked(&too_big.json().unwrap(), &[])));
+    }
+    assert_eq!(seen[0].0, 200);
+    assert_eq!(seen[0], seen[1], "etcd vs keel");
+}
+
 /// A gateway watch whose HTTP client goes away leaves no watcher behind (on etcd neither).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_watchers_go_when_their_client_does() {

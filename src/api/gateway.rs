@@ -49,6 +49,14 @@ pub fn client_router(services: Routes, node: Arc<Node>) -> Routes {
     // The layer wraps the services themselves, so the gateway's calls, which loop back through
     // them, are counted too (as in etcd). The health probes read through the bare services: etcd's
     // call its server directly and do not show up in the gRPC metrics.
+    //
+    // tonic's own transport errors (undecodable or oversized requests) are rewritten into grpc-go's
+    // text here, on the services, so that gateway calls see etcd's text too.
+    let services =
+        Routes::from(services.into_axum_router().layer(tower::util::MapResponseLayer::new(|mut resp: Response| {
+            crate::api::status::rewrite_transport_status(resp.headers_mut());
+            resp
+        })));
     let counted = Routes::from(services.clone().into_axum_router().layer(crate::metrics::GrpcMetricsLayer));
     let http = http_router(counted.clone(), services, node);
     let http = tower::ServiceBuilder::new().map_request(v3beta_to_v3).service(http);
@@ -150,7 +158,13 @@ fn http_router(grpc: Routes, services: Routes, node: Arc<Node>) -> Router {
     );
 
     app = app.route("/version", get_only(version));
-    probes(app, node, services).fallback(fallback).layer(axum::middleware::from_fn(cors))
+    // A request as large as --max-request-bytes allows arrives here base64-inflated (4/3) inside
+    // JSON; axum's default 2 MB cap would refuse requests etcd's gateway passes on.
+    let body_limit = node.limits.max_request_bytes.saturating_mul(2).saturating_add(1 << 20);
+    probes(app, node, services)
+        .fallback(fallback)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(cors))
 }
 
 /// `/metrics`, `/health`, `/livez`, `/readyz`: served on the client port and on the metrics port.
