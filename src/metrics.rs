@@ -160,7 +160,7 @@ pub fn watch_leader_changes(node: &Arc<Node>) {
 
 /// One gRPC method's counters. Created once per method and shared, so a call costs a read lock
 /// and two atomic increments, with no allocation.
-struct MethodCounters {
+pub struct MethodCounters {
     service: String,
     method: String,
     kind: &'static str,
@@ -257,11 +257,10 @@ pub struct GrpcMetrics<S> {
 impl<S, B, RB> tower::Service<http::Request<B>> for GrpcMetrics<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
 {
     type Response = http::Response<Metered<RB>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = MeteredCall<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -276,16 +275,38 @@ where
         if let Some(m) = &method {
             m.started.fetch_add(1, Ordering::Relaxed);
         }
-        let called = self.inner.call(request);
-        Box::pin(async move {
-            let response = called.await?;
-            let mut method = method;
-            // A trailers-only response (an error before any message) carries its status up front.
-            if let Some(status) = tonic::Status::from_header_map(response.headers()) {
-                handled(status.code(), method.take());
-            }
-            Ok(response.map(|inner| Metered { inner: Some(inner), method }))
-        })
+        MeteredCall { inner: self.inner.call(request), method }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The call until its response head arrives (no allocation per call: this is every RPC's path).
+    pub struct MeteredCall<F> {
+        #[pin]
+        inner: F,
+        method: Option<Arc<MethodCounters>>,
+    }
+}
+
+impl<F, RB, E> Future for MeteredCall<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = Result<http::Response<Metered<RB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(response)) => response,
+        };
+        let mut method = this.method.take();
+        // A trailers-only response (an error before any message) carries its status up front.
+        if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+            handled(status.code(), method.take());
+        }
+        Poll::Ready(Ok(response.map(|inner| Metered { inner: Some(inner), method })))
     }
 }
 

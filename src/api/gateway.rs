@@ -46,18 +46,17 @@ pub const CLUSTER_VERSION: &str = "3.5.0";
 /// The client port's router: the gRPC `services`, counted by the gRPC metrics layer, and
 /// everything HTTP beside them.
 pub fn client_router(services: Routes, node: Arc<Node>) -> Routes {
-    // The layer wraps the services themselves, so the gateway's calls, which loop back through
-    // them, are counted too (as in etcd). The health probes read through the bare services: etcd's
-    // call its server directly and do not show up in the gRPC metrics.
-    //
-    // tonic's own transport errors (undecodable or oversized requests) are rewritten into grpc-go's
-    // text here, on the services, so that gateway calls see etcd's text too.
-    let services =
-        Routes::from(services.into_axum_router().layer(tower::util::MapResponseLayer::new(|mut resp: Response| {
+    // The layers wrap the services themselves, so the gateway's calls, which loop back through
+    // them, are counted too (as in etcd). tonic's own transport errors (undecodable or oversized
+    // requests) are rewritten into grpc-go's text here, so gateway calls see etcd's text too. One
+    // `layer` call, so each RPC pays for one boxed route, not one per layer. The health probes read
+    // through the bare services: etcd's call its server directly and are not in the gRPC metrics.
+    let edge =
+        tower::ServiceBuilder::new().layer(crate::metrics::GrpcMetricsLayer).map_response(|mut resp: Response| {
             crate::api::status::rewrite_transport_status(resp.headers_mut());
             resp
-        })));
-    let counted = Routes::from(services.clone().into_axum_router().layer(crate::metrics::GrpcMetricsLayer));
+        });
+    let counted = Routes::from(services.clone().into_axum_router().layer(edge));
     let http = http_router(counted.clone(), services, node);
     let http = tower::ServiceBuilder::new().map_request(v3beta_to_v3).service(http);
     // gRPC requests are routed by their `/<service>/<method>` path first; whatever is left is HTTP.
