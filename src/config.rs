@@ -26,6 +26,9 @@ use serde_yaml_ng::Value as Yaml;
 
 /// The etcd release whose API, flags and behaviour Keel follows.
 pub const ETCD_API_VERSION: &str = "3.5.16";
+/// The cluster version such a member reports (`/version`'s `etcdcluster`, the snapshot's
+/// `clusterVersion`): major.minor.0.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 
 // clap prints "keel <this>", so the second line of `--version` rides along in the version string.
 const VERSION_TEXT: &str = concat!(env!("CARGO_PKG_VERSION"), "\netcd API version: 3.5.16");

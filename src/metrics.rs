@@ -385,7 +385,8 @@ pub fn render(node: &Node) -> String {
         "Which version is running. 1 for 'cluster_version' label with current cluster version",
         "gauge",
     );
-    let _ = writeln!(o, "etcd_cluster_version{{cluster_version=\"3.5\"}} 1");
+    let major_minor = crate::config::ETCD_CLUSTER_VERSION.trim_end_matches(".0");
+    let _ = writeln!(o, "etcd_cluster_version{{cluster_version=\"{major_minor}\"}} 1");
 
     WAL_FSYNC.render(o, "etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.");
     BACKEND_COMMIT.render(

@@ -40,9 +40,6 @@ use crate::proto::etcdserverpb::{
 use crate::proto::v3electionpb::election_client::ElectionClient;
 use crate::proto::v3lockpb::lock_client::LockClient;
 
-/// What etcd's `/version` reports: the server's release and the cluster version (major.minor.0).
-pub const CLUSTER_VERSION: &str = "3.5.0";
-
 /// The client port's router: the gRPC `services`, counted by the gRPC metrics layer, and
 /// everything HTTP beside them.
 pub fn client_router(services: Routes, node: Arc<Node>) -> Routes {
@@ -471,7 +468,8 @@ async fn version() -> Response {
         etcdserver: &'static str,
         etcdcluster: &'static str,
     }
-    let body = Versions { etcdserver: crate::config::ETCD_API_VERSION, etcdcluster: CLUSTER_VERSION };
+    let body =
+        Versions { etcdserver: crate::config::ETCD_API_VERSION, etcdcluster: crate::config::ETCD_CLUSTER_VERSION };
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&body).unwrap_or_default())
         .into_response()
 }
