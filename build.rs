@@ -28,10 +28,25 @@ fn main() -> Result<(), Box<dyn Error>> {
         config.protoc_executable(protoc);
     }
 
+    // The descriptor set feeds pbjson-build, which writes serde impls with the proto3 JSON mapping
+    // (the HTTP gateway's wire format) beside each package's prost types.
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out_dir.join("keel_descriptor.bin");
+    config.file_descriptor_set_path(&descriptor_path);
+
     tonic_prost_build::configure().build_server(true).build_client(true).compile_with_config(
         config,
         PROTOS,
         &["proto"],
     )?;
+
+    // etcd's grpc-gateway marshals with the original proto field names (`create_revision`, `peerURLs`)
+    // and ignores fields it does not know.
+    let descriptors = std::fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[".mvccpb", ".authpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"])?;
     Ok(())
 }

@@ -29,6 +29,9 @@ use serde_yaml_ng::Value as Yaml;
 
 /// The etcd release whose API, flags and behaviour Keel follows.
 pub const ETCD_API_VERSION: &str = "3.5.16";
+/// The cluster version such a member reports (`/version`'s `etcdcluster`, the snapshot's
+/// `clusterVersion`): major.minor.0.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 
 // clap prints "keel <this>", so the second line of `--version` rides along in the version string.
 const VERSION_TEXT: &str = concat!(env!("CARGO_PKG_VERSION"), "\netcd API version: 3.5.16");
@@ -130,7 +133,6 @@ pub const IGNORED_ETCD_FLAGS: &[(&str, FlagArity)] = {
         ("initial-election-tick-advance", Bool),
         ("key-file", Value),
         ("listen-client-http-urls", Value),
-        ("listen-metrics-urls", Value),
         ("log-outputs", Value),
         ("log-rotation-config-json", Value),
         ("max-concurrent-streams", Value),
@@ -250,6 +252,12 @@ const KEEL_FLAGS: &[KeelFlag] = &[
         "Comma-separated client URLs of this member advertised to the cluster",
     ),
     flag("listen-peer-urls", Kind::Urls, DEFAULT_PEER_URL, "Comma-separated URLs to listen on for peer traffic"),
+    flag(
+        "listen-metrics-urls",
+        Kind::Urls,
+        "",
+        "Comma-separated URLs to additionally listen on for /metrics and /health (HTTP only)",
+    ),
     flag(
         "initial-advertise-peer-urls",
         Kind::Urls,
@@ -547,6 +555,8 @@ pub struct Config {
     /// `validate` rejects as etcd does.
     pub advertise_client_urls: Vec<EtcdUrl>,
     pub listen_peer_urls: Vec<EtcdUrl>,
+    /// Extra HTTP listeners serving only `/metrics` and the health probes (none by default).
+    pub listen_metrics_urls: Vec<EtcdUrl>,
     pub initial_advertise_peer_urls: Vec<EtcdUrl>,
     pub initial_cluster: Vec<ClusterMember>,
     pub initial_cluster_state: ClusterState,
@@ -637,6 +647,7 @@ impl Default for Config {
             listen_client_urls: vec![localhost_url(2379)],
             advertise_client_urls: vec![localhost_url(2379)],
             listen_peer_urls: vec![peer.clone()],
+            listen_metrics_urls: Vec::new(),
             initial_advertise_peer_urls: vec![peer.clone()],
             initial_cluster: vec![ClusterMember { name: DEFAULT_NAME.to_string(), peer_urls: vec![peer] }],
             initial_cluster_state: ClusterState::New,
@@ -685,6 +696,9 @@ impl Config {
                     return fail(format!("expected IP in URL for binding ({url})"));
                 }
             }
+        }
+        if let Some(url) = self.listen_metrics_urls.iter().find(|u| u.socket_addr().is_none()) {
+            return fail(format!("expected IP in URL for binding ({url})"));
         }
         if self.advertise_client_urls.is_empty() {
             return fail("--advertise-client-urls is required when --listen-client-urls is set explicitly".to_string());
@@ -768,6 +782,11 @@ impl Config {
     /// Where to listen for clients; `localhost` means 127.0.0.1. Complete once `validate` passed.
     pub fn client_listen_addrs(&self) -> Vec<SocketAddr> {
         self.listen_client_urls.iter().filter_map(EtcdUrl::socket_addr).collect()
+    }
+
+    /// Where to serve `/metrics` and `/health` besides the client port; `localhost` means 127.0.0.1.
+    pub fn metrics_listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen_metrics_urls.iter().filter_map(EtcdUrl::socket_addr).collect()
     }
 
     /// Where to listen for peers; `localhost` means 127.0.0.1. Complete once `validate` passed.
@@ -1231,6 +1250,9 @@ fn build(settings: &Settings, warnings: &mut Vec<String>) -> Result<Config, Conf
     if let Some(s) = get("listen-peer-urls") {
         config.listen_peer_urls = url_list(s, "listen-peer-urls")?;
     }
+    if let Some(s) = get("listen-metrics-urls") {
+        config.listen_metrics_urls = url_list(s, "listen-metrics-urls")?;
+    }
     if let Some(s) = get("initial-advertise-peer-urls") {
         config.initial_advertise_peer_urls = url_list(s, "initial-advertise-peer-urls")?;
     }
@@ -1678,7 +1700,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), count, "a flag is listed twice");
-        assert_eq!(IGNORED_ETCD_FLAGS.len(), 102);
+        assert_eq!(IGNORED_ETCD_FLAGS.len(), 101);
         assert!(VERSION_TEXT.ends_with(ETCD_API_VERSION));
     }
 
@@ -1766,6 +1788,9 @@ mod tests {
             }),
             case(vec![("listen-peer-urls", "http://0.0.0.0:32380")], |c| {
                 assert_eq!(c.peer_listen_addrs(), vec!["0.0.0.0:32380".parse().unwrap()])
+            }),
+            case(vec![("listen-metrics-urls", "http://127.0.0.1:32381,http://127.0.0.1:32381")], |c| {
+                assert_eq!(c.metrics_listen_addrs(), vec!["127.0.0.1:32381".parse().unwrap()])
             }),
             case(vec![("initial-advertise-peer-urls", "http://10.0.0.1:2380")], |c| {
                 assert_eq!(c.initial_advertise_peer_urls, vec![url("http://10.0.0.1:2380")]);
@@ -2031,12 +2056,12 @@ mod tests {
         assert_eq!(config.client_tls.cert_file, Some(PathBuf::from("/etc/ssl/server.crt")));
         assert_eq!(config.client_tls.key_file, Some(PathBuf::from("/etc/ssl/server.key")));
         assert!(!config.client_tls.client_cert_auth);
+        assert_eq!(config.metrics_listen_addrs(), vec!["127.0.0.1:2381".parse().unwrap()]);
         let mut expected: Vec<String> = [
             "auto-tls",
             "discovery-srv",
             "enable-v2",
             "experimental-initial-corrupt-check",
-            "listen-metrics-urls",
             "peer-auto-tls",
             "unsafe-no-fsync",
             "v",
@@ -2136,11 +2161,12 @@ mod tests {
         assert_eq!(config.peer_listen_addrs(), vec!["10.0.0.1:2380".parse().unwrap()]);
         assert_eq!(config.snapshot_count, 10000);
         assert_eq!(config.watch_progress_notify_interval, Duration::from_secs(5));
+        assert_eq!(config.metrics_listen_addrs(), vec!["127.0.0.1:2381".parse().unwrap()]);
         assert_eq!(config.client_tls.cert_file, Some(PathBuf::from("/etc/kubernetes/pki/etcd/server.crt")));
         assert_eq!(config.client_tls.trusted_ca_file, Some(PathBuf::from("/etc/kubernetes/pki/etcd/ca.crt")));
         assert!(config.client_tls.client_cert_auth);
-        // The four client TLS flags are acted on, so only the other six warn.
-        assert_eq!(warnings.len(), 6, "{warnings:?}");
+        // The four client TLS flags are acted on, and so is --listen-metrics-urls, so only the other five warn.
+        assert_eq!(warnings.len(), 5, "{warnings:?}");
     }
 
     #[test]

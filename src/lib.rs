@@ -16,6 +16,9 @@
 //! Auth: `auth` holds users, roles, permissions and tokens; `apply` changes it in log order and
 //! checks writes against it (`apply/auth_gate.rs`); the edge reads the `token` metadata
 //! (`api/auth.rs`) and `read` checks reads before serving them.
+//! HTTP on the client port: `api/gateway.rs` serves etcd's JSON gateway by calling the gRPC
+//! services in-process, plus `/health`, `/version` and `/metrics`; `metrics` holds the counters
+//! that the WAL, `propose`, `mvcc` and a gRPC layer bump, and renders them in Prometheus's format.
 
 pub mod api;
 pub mod apply;
@@ -25,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod lease;
 pub mod lease_clock;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod propose;

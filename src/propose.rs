@@ -39,12 +39,19 @@ pub async fn propose_as(node: &Node, request: Request, user: Option<&AuthInfo>) 
     if status.last_index > status.applied_index + MAX_APPLY_LAG {
         return Err(Error::TooManyRequests);
     }
+    let pending = crate::metrics::PendingProposal::start();
     let written = tokio::time::timeout(node.limits.request_timeout, node.raft.client_write(command)).await;
-    match written {
+    drop(pending);
+    let written = match written {
         Err(_) => Err(Error::Timeout),
         Ok(Err(e)) => Err(map_write_error(e)),
-        Ok(Ok(resp)) => Ok((resp.data.outcome.map_err(Error::from)?, id)),
+        Ok(Ok(resp)) => Ok(resp),
+    };
+    // etcd's proposals_failed_total counts proposals raft did not commit in time, not apply results.
+    if written.is_err() {
+        crate::metrics::PROPOSALS_FAILED.inc();
     }
+    Ok((written?.data.outcome.map_err(Error::from)?, id))
 }
 
 fn map_write_error(

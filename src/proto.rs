@@ -1,4 +1,5 @@
-//! Generated etcd 3.5.16 wire types, gRPC servers and gRPC clients (built by `build.rs` from `proto/`).
+//! Generated etcd 3.5.16 wire types, gRPC servers and gRPC clients, and the types' proto3 JSON
+//! (serde) impls the HTTP gateway speaks (built by `build.rs` from `proto/`).
 //!
 //! Module nesting mirrors the protobuf packages because prost refers to types in other
 //! packages through `super::<package>::…` paths (e.g. `super::mvccpb::KeyValue`).
@@ -7,30 +8,35 @@
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// Persisted auth records: users, roles, permissions (etcd's `authpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// The client API services KV, Watch, Lease, Cluster, Maintenance and Auth (etcd's `etcdserverpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// The distributed lock service (etcd's `v3lockpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// The leader election service (etcd's `v3electionpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// The standard gRPC health service (`grpc.health.v1`), which etcd also exposes.

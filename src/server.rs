@@ -21,6 +21,8 @@ use crate::raft::{self, RaftSettings};
 /// A started server: where it listens, and how to wait for it to stop.
 pub struct Running {
     pub client_addrs: Vec<SocketAddr>,
+    /// Where `--listen-metrics-urls` listeners are bound (empty without that flag).
+    pub metrics_addrs: Vec<SocketAddr>,
     pub node: Arc<Node>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -45,6 +47,8 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let acceptor = crate::api::tls::client_acceptor(&config.client_tls, https.contains(&true))?;
     let listeners = bind_all(&config.client_listen_addrs()).await?;
     let client_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let metrics_listeners = bind_all(&config.metrics_listen_addrs()).await?;
+    let metrics_addrs: Vec<SocketAddr> = metrics_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
     let token = config.initial_cluster_token.clone();
     let mut members = Vec::new();
@@ -112,6 +116,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         leases,
         stopping: tokio::sync::watch::channel(false).0,
     });
+    crate::metrics::watch_leader_changes(&node);
     wait_for_leader(&node, Duration::from_secs(30)).await?;
     // Lease expiry is the leader's job; the task follows leadership from here on.
     node.leases.start(node.clone());
@@ -121,10 +126,19 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         crate::auto_compact::spawn(&node, policy);
     }
 
-    let routes = crate::api::routes(node.clone(), config.grpc_max_recv_bytes());
+    let services = crate::api::routes(node.clone(), config.grpc_max_recv_bytes());
+    let metrics_app = crate::api::gateway::metrics_router(services.clone(), node.clone());
+    let routes = crate::api::gateway::client_router(services, node.clone());
     // One stream of plain and TLS connections (TLS for the https:// URLs), TCP_NODELAY on each.
     let listeners = listeners.into_iter().zip(https).map(|(l, tls)| (l, tls.then(|| acceptor.clone()).flatten()));
     let incoming = crate::api::tls::incoming(listeners.collect());
+    let metrics_tasks: Vec<_> = metrics_listeners
+        .into_iter()
+        .map(|listener| {
+            let app = metrics_app.clone();
+            tokio::spawn(async move { axum::serve(listener, app).await })
+        })
+        .collect();
     let serving_node = node.clone();
     let stopping = node.clone();
     let shutdown = async move {
@@ -132,16 +146,17 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         stopping.stopping.send_replace(true);
     };
     let task = tokio::spawn(async move {
+        // etcd's client port speaks HTTP/1.1 (gateway, /health, /metrics) beside gRPC's HTTP/2.
         let served = tonic::transport::Server::builder()
+            .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .layer(tower::util::MapResponseLayer::new(|mut resp: http::Response<tonic::body::Body>| {
-                crate::api::status::rewrite_transport_status(resp.headers_mut());
-                resp
-            }))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
+        for metrics_task in &metrics_tasks {
+            metrics_task.abort();
+        }
         let stopped = shut_down(&serving_node).await;
         served.context("serve clients")?;
         stopped
@@ -151,9 +166,10 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         member_id = %format!("{:x}", me.id),
         cluster_id = %format!("{cluster_id:x}"),
         addrs = ?client_addrs,
+        metrics_addrs = ?metrics_addrs,
         "ready to serve client requests"
     );
-    Ok(Running { client_addrs, node, task })
+    Ok(Running { client_addrs, metrics_addrs, node, task })
 }
 
 async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
@@ -196,11 +212,12 @@ fn spawn_storage_sync(node: Arc<Node>) {
             drop(node);
             let durable = ticks.is_multiple_of(FLUSHES_PER_SYNC);
             let done = tokio::task::spawn_blocking(move || {
-                if durable {
-                    applier.engine().sync().map_err(crate::error::Error::from)
-                } else {
-                    applier.flush()
-                }
+                // etcd's backend commit: the batch reaching the engine (and, every second, disk).
+                let began = std::time::Instant::now();
+                let done =
+                    if durable { applier.engine().sync().map_err(crate::error::Error::from) } else { applier.flush() };
+                crate::metrics::BACKEND_COMMIT.observe(began.elapsed());
+                done
             })
             .await;
             match done {

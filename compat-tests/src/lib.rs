@@ -7,6 +7,7 @@ pub mod diff;
 pub mod etcdctl;
 pub mod etcdctl_watch;
 pub mod history;
+pub mod http;
 pub mod lease_ids;
 pub mod lease_scenarios;
 pub mod linz;

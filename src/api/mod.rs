@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod concurrency;
 pub mod downgrade;
 pub mod election;
+pub mod gateway;
 pub mod header;
 pub mod health;
 pub mod kv;

@@ -294,6 +294,11 @@ impl TreeIndex {
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
+
+    /// Keys alive now (their open generation has revisions), for etcd's `keys_total` gauge.
+    pub(crate) fn live_len(&self) -> usize {
+        self.keys.values().filter(|ki| ki.generations.last().is_some_and(|g| !g.is_empty())).count()
+    }
 }
 
 #[cfg(test)]

@@ -152,6 +152,12 @@ impl MvccStore {
         self.read_state().current
     }
 
+    /// Keys alive at the current revision (etcd's `etcd_debugging_mvcc_keys_total`, which a put of
+    /// a new key raises and a delete lowers).
+    pub fn key_count(&self) -> usize {
+        self.read_state().index.live_len()
+    }
+
     /// The revision of the last compaction, 0 if there was none.
     pub fn compact_revision(&self) -> i64 {
         self.read_state().compacted.max(0)
@@ -515,6 +521,9 @@ impl WriteTxn<'_> {
         }
         batch.ops.extend(extra.ops);
         store.engine.write(batch)?;
+        let puts = changes.iter().filter(|c| matches!(c, Change::Put(_))).count() as u64;
+        crate::metrics::MVCC_PUT.add(puts);
+        crate::metrics::MVCC_DELETE.add(changes.len() as u64 - puts);
 
         // The rows are durable-on-sync now, so the revision must advance even if the index
         // disagrees (reusing it would overwrite rows); a disagreement is reported afterwards.

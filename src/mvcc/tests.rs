@@ -626,3 +626,17 @@ fn stopped_compactions_resume_on_open() {
     assert_eq!(engine.dump(KV_TABLE).len(), 11);
     assert_eq!(s.range(&req("k", "l")).unwrap().kvs[3].version, 5);
 }
+
+#[test]
+fn key_count_is_live_keys() {
+    // etcd's keys_total gauge: a new key raises it, a delete lowers it, a re-put raises it again.
+    let (_, s) = new_store();
+    put(&s, "a", "1");
+    put(&s, "a", "2");
+    put(&s, "b", "1");
+    assert_eq!(s.key_count(), 2);
+    del(&s, "a", "");
+    assert_eq!(s.key_count(), 1);
+    put(&s, "a", "3");
+    assert_eq!(s.key_count(), 2);
+}

@@ -44,7 +44,7 @@ const ETCD_BUCKETS: &[&[u8]] = &[
 ];
 
 /// The cluster version a 3.5 cluster records (`cluster/clusterVersion`): etcd stores major.minor.0.
-const CLUSTER_VERSION: &[u8] = b"3.5.0";
+const CLUSTER_VERSION: &[u8] = crate::config::ETCD_CLUSTER_VERSION.as_bytes();
 
 /// Keel's lease table (`lease::LEASE_TABLE`; a test pins the two equal).
 pub(crate) const LEASE_TABLE: &str = "lease";

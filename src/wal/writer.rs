@@ -167,7 +167,9 @@ impl Writer {
                 .map_err(|e| WalError::from_io(format!("write {}", self.segment_label()), e))?;
             self.written += self.staged.len() as u64;
             self.staged.clear();
+            let began = std::time::Instant::now();
             self.file.sync_data().map_err(|e| WalError::from_io(format!("fdatasync {}", self.segment_label()), e))?;
+            crate::metrics::WAL_FSYNC.observe(began.elapsed());
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         if self.dir_dirty {
