@@ -13,7 +13,7 @@ use crate::apply::command::{Request as Cmd, Response as Applied};
 use crate::auth::request::{AuthRequest, AuthResponse};
 use crate::auth::token::simple_token_prefix;
 use crate::auth::AuthInfo;
-use crate::error::{AuthError, Error};
+use crate::error::Error;
 use crate::node::Node;
 use crate::propose;
 use crate::proto::etcdserverpb as pb;
@@ -22,20 +22,58 @@ use crate::proto::etcdserverpb as pb;
 /// gateway passes `Authorization` (etcd's `TokenFieldNameSwagger`).
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
-/// etcd's `AuthInfoFromCtx`: no token is no user (None); a token that does not check out is
-/// `invalid auth token`, whether or not auth is enabled.
-pub fn identity(node: &Node, metadata: &MetadataMap) -> Result<Option<AuthInfo>, Error> {
-    let Some(value) = TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)) else {
-        return Ok(None);
-    };
-    let token = value.to_str().map_err(|_| AuthError::InvalidAuthToken)?;
-    Ok(Some(node.applier.auth().info_from_token(token)?))
+/// Metadata naming the CN of the verified client certificate a request came with. Only the edge
+/// layer sets it (`client_certificate_layer`), after removing whatever a client sent under it.
+pub const CLIENT_CN_KEY: &str = "keel-client-certificate-cn";
+
+/// Who a request says it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// An auth token (simple or JWT). A value that is not text becomes one no token can equal,
+    /// so it is refused as invalid.
+    Token(String),
+    /// No token, but a verified client certificate with this CN (etcd's `AuthInfoFromTLS`).
+    Certificate(String),
 }
 
-/// The token carried by a request, read once (a watch stream checks it at every create). A
-/// value that is not text becomes one no token can equal, so it is refused as invalid.
-pub fn token_of(metadata: &MetadataMap) -> Option<String> {
-    TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)).map(|v| v.to_str().unwrap_or("\u{0}").to_string())
+/// The credentials a request carries: its token, or else its client certificate's CN.
+pub fn credentials(metadata: &MetadataMap) -> Option<Credentials> {
+    if let Some(value) = TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)) {
+        return Some(Credentials::Token(value.to_str().unwrap_or("\u{0}").to_string()));
+    }
+    let cn = metadata.get(CLIENT_CN_KEY)?.to_str().ok()?;
+    Some(Credentials::Certificate(cn.to_string()))
+}
+
+/// The user behind `credentials`. A certificate's CN is taken as the user name at the current auth
+/// revision without looking the user up, as etcd does; permission checks then refuse an unknown one.
+pub fn resolve(node: &Node, credentials: &Credentials) -> Result<AuthInfo, Error> {
+    let auth = node.applier.auth();
+    match credentials {
+        Credentials::Token(token) => Ok(auth.info_from_token(token)?),
+        Credentials::Certificate(cn) => Ok(AuthInfo { username: cn.clone(), revision: auth.revision() }),
+    }
+}
+
+/// etcd's `AuthInfoFromCtx` then `AuthInfoFromTLS`: no credentials is no user (None); a token that
+/// does not check out is `invalid auth token`, whether or not auth is enabled.
+pub fn identity(node: &Node, metadata: &MetadataMap) -> Result<Option<AuthInfo>, Error> {
+    credentials(metadata).map(|c| resolve(node, &c)).transpose()
+}
+
+/// Puts the verified client certificate's CN (if the connection has one) into the request's
+/// metadata under [`CLIENT_CN_KEY`], first dropping any value the client sent under that name.
+pub fn attach_client_certificate<B>(mut request: http::Request<B>) -> http::Request<B> {
+    request.headers_mut().remove(CLIENT_CN_KEY);
+    let cn = request
+        .extensions()
+        .get::<crate::api::tls::ClientConnInfo>()
+        .and_then(|info| info.common_name.as_deref())
+        .and_then(|cn| http::HeaderValue::from_str(cn).ok());
+    if let Some(cn) = cn {
+        request.headers_mut().insert(CLIENT_CN_KEY, cn);
+    }
+    request
 }
 
 /// etcd's `checkMembershipOperationPermission` (MemberAdd, MemberRemove, MemberUpdate,

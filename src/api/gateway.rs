@@ -48,8 +48,10 @@ pub fn client_router(services: Routes, node: Arc<Node>) -> Routes {
     // requests) are rewritten into grpc-go's text here, so gateway calls see etcd's text too. One
     // `layer` call, so each RPC pays for one boxed route, not one per layer. The health probes read
     // through the bare services: etcd's call its server directly and are not in the gRPC metrics.
-    let edge =
-        tower::ServiceBuilder::new().layer(crate::metrics::GrpcMetricsLayer).map_response(|mut resp: Response| {
+    let edge = tower::ServiceBuilder::new()
+        .map_request(crate::api::auth::attach_client_certificate)
+        .layer(crate::metrics::GrpcMetricsLayer)
+        .map_response(|mut resp: Response| {
             crate::api::status::rewrite_transport_status(resp.headers_mut());
             resp
         });

@@ -68,11 +68,11 @@ impl WatchService {
         if require_leader && self.node.raft_status().leader.is_none() {
             return Err(to_status(Error::NoLeader));
         }
-        let token = crate::api::auth::token_of(request.metadata());
+        let credentials = crate::api::auth::credentials(request.metadata());
         let inbound = request.into_inner();
         let handle = Arc::new(self.node.applier.watch().open_stream());
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
-        let recv = tokio::spawn(receive(self.node.clone(), token, handle.clone(), inbound, tx.clone()));
+        let recv = tokio::spawn(receive(self.node.clone(), credentials, handle.clone(), inbound, tx.clone()));
         let pump = Pump {
             node: self.node.clone(),
             handle,
@@ -96,7 +96,7 @@ impl WatchService {
 /// stream (etcd's `recvLoop` returns without error on EOF and the send side goes on).
 async fn receive(
     node: Arc<Node>,
-    token: Option<String>,
+    credentials: Option<crate::api::auth::Credentials>,
     handle: Arc<StreamHandle>,
     mut inbound: Streaming<WatchRequest>,
     tx: mpsc::Sender<Batch>,
@@ -116,7 +116,7 @@ async fn receive(
         };
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => {
-                if let Err(denied) = watch_permitted(&node, token.as_deref(), &create) {
+                if let Err(denied) = watch_permitted(&node, credentials.as_ref(), &create) {
                     let revision = node.mvcc().current_revision();
                     let refusal = WatchResponse {
                         header: Some(header::header(&node, revision)),
@@ -139,13 +139,17 @@ async fn receive(
     }
 }
 
-/// etcd's `isWatchPermitted`, checked at every create with the stream's token: READ on the range.
+/// etcd's `isWatchPermitted`, checked at every create with the stream's credentials: READ on the range.
 /// etcd quirk kept: the key conventions are applied first, turning a range end of "\0" into an
 /// EMPTY one, so `--prefix ""` and `--from-key` watches are checked as the single start key.
-fn watch_permitted(node: &Node, token: Option<&str>, create: &WatchCreateRequest) -> Result<(), Error> {
+fn watch_permitted(
+    node: &Node,
+    credentials: Option<&crate::api::auth::Credentials>,
+    create: &WatchCreateRequest,
+) -> Result<(), Error> {
     let auth = node.applier.auth();
-    let user = match token {
-        Some(t) => auth.info_from_token(t)?,
+    let user = match credentials {
+        Some(c) => crate::api::auth::resolve(node, c)?,
         None => Default::default(),
     };
     let key: &[u8] = if create.key.is_empty() { &[0] } else { &create.key };
