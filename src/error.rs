@@ -63,6 +63,32 @@ pub enum Error {
     Stopped,
     #[error("corrupt cluster")]
     Corrupt,
+    #[error("request timed out, possibly due to connection lost")]
+    TimeoutConnectionLost,
+
+    // --- membership (etcd's membership errors behind `Cluster`, `MoveLeader`) ---
+    #[error("member ID already exist")]
+    MemberExists,
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    #[error("given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
+    #[error("rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
 
     // --- failures of our own machinery (not the client's fault) ---
     #[error("storage: {0}")]
@@ -74,6 +100,38 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The error whose text is `text`, for errors that crossed a boundary as text (a batched read
+    /// round, an answer from the leader): the server and membership errors come back as
+    /// themselves, anything else as `Internal`.
+    pub fn from_text(text: &str) -> Error {
+        let known = [
+            Error::TooManyRequests,
+            Error::NoLeader,
+            Error::NotLeader,
+            Error::LeaderChanged,
+            Error::Timeout,
+            Error::TimeoutConnectionLost,
+            Error::Stopped,
+            Error::Corrupt,
+            Error::RequestTooLarge,
+            Error::LeaseNotFound,
+            Error::MemberExists,
+            Error::PeerUrlExists,
+            Error::MemberNotEnoughStarted,
+            Error::MemberBadUrls,
+            Error::MemberNotFound,
+            Error::MemberNotLearner,
+            Error::LearnerNotReady,
+            Error::TooManyLearners,
+            Error::NotSupportedForLearner,
+            Error::BadLeaderTransferee,
+            Error::LeaderTransferTimeout,
+        ];
+        known.into_iter().find(|e| e.to_string() == text).unwrap_or_else(|| Error::Internal(text.to_string()))
+    }
+}
 
 /// Failures reading or writing etcd's snapshot file (a bbolt database with a sha256 trailer).
 #[derive(Debug, thiserror::Error)]

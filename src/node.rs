@@ -16,7 +16,7 @@ use crate::raft::types::Raft;
 use crate::storage::{Engine, SizeInfo};
 
 /// One member as etcd's Cluster API reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemberInfo {
     pub id: u64,
     pub name: String,
@@ -42,7 +42,6 @@ pub struct Node {
     pub member_id: u64,
     pub cluster_id: u64,
     pub name: String,
-    pub members: Vec<MemberInfo>,
     pub limits: Limits,
     pub raft: Raft,
     pub applier: Arc<Applier>,
@@ -52,11 +51,33 @@ pub struct Node {
     pub read_batcher: crate::read::ReadBatcher,
     /// The leader's lease deadlines (keep-alives, expiry).
     pub leases: Arc<LeaseClock>,
+    /// Connections to the other members (raft replication shares them).
+    pub peer_channels: crate::raft::network::PeerChannels,
 }
 
 impl Node {
     pub fn next_request_id(&self) -> u64 {
         self.request_ids.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The member list: openraft's replicated membership.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        crate::membership::members(self)
+    }
+
+    /// How to reach member `id`, if it is one.
+    pub fn peer_node(&self, id: u64) -> Option<crate::raft::types::PeerNode> {
+        let metrics = self.raft.metrics();
+        let stored = metrics.borrow_watched().membership_config.clone();
+        stored.membership().get_node(&id).cloned()
+    }
+
+    /// Whether this member is a learner (not a voter) in the membership it knows.
+    pub fn is_learner(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let stored = metrics.borrow_watched().membership_config.clone();
+        let voter = stored.membership().voter_ids().any(|id| id == self.member_id);
+        !voter && stored.membership().get_node(&self.member_id).is_some()
     }
 
     pub fn mvcc(&self) -> Arc<MvccStore> {
@@ -102,7 +123,7 @@ impl Node {
         use crate::snapshot::{ExportInfo, ExportMember};
         let raft = self.raft_status();
         let members = self
-            .members
+            .members()
             .iter()
             .map(|m| ExportMember {
                 id: m.id,

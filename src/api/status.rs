@@ -29,6 +29,25 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
         Error::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
         Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
         Error::Corrupt => (Code::DataLoss, "etcdserver: corrupt cluster"),
+        Error::TimeoutConnectionLost => {
+            (Code::Unavailable, "etcdserver: request timed out, possibly due to connection lost")
+        }
+        Error::MemberExists => (Code::FailedPrecondition, "etcdserver: member ID already exist"),
+        Error::PeerUrlExists => (Code::FailedPrecondition, "etcdserver: Peer URLs already exists"),
+        Error::MemberNotEnoughStarted => {
+            (Code::FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members")
+        }
+        Error::MemberBadUrls => (Code::InvalidArgument, "etcdserver: given member URLs are invalid"),
+        Error::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
+        Error::MemberNotLearner => (Code::FailedPrecondition, "etcdserver: can only promote a learner member"),
+        Error::LearnerNotReady => {
+            (Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader")
+        }
+        Error::TooManyLearners => (Code::FailedPrecondition, "etcdserver: too many learner members in cluster"),
+        Error::NotSupportedForLearner => (Code::Unavailable, "etcdserver: rpc not supported for learner"),
+        Error::BadLeaderTransferee => (Code::FailedPrecondition, "etcdserver: bad leader transferee"),
+        // etcd returns this one unmapped, so clients see code Unknown.
+        Error::LeaderTransferTimeout => (Code::Unknown, "etcdserver: request timed out, leader transfer took too long"),
         // Never a call status in etcd: watch answers carry the text as `cancel_reason`.
         Error::WatcherRangeEmpty => (Code::InvalidArgument, "mvcc: watcher range is empty"),
         Error::DuplicateWatchId => (Code::InvalidArgument, "mvcc: duplicate watch ID provided on the WatchStream"),

@@ -1,8 +1,10 @@
 //! Consensus plumbing around openraft: the log store over our WAL, the state machine over the
-//! applier, the peer network. Knows nothing of etcd semantics.
+//! applier, the peer network (`network`, client; `peer_service`, server). Knows nothing of etcd
+//! semantics beyond etcd's raft settings (heartbeat, election timeout, pre-vote, snapshot count).
 
 pub mod log_store;
 pub mod network;
+pub mod peer_service;
 pub mod state_machine;
 pub mod types;
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use crate::apply::applier::Applier;
 use crate::error::{Error, Result};
+use openraft::error::{InitializeError, RaftError};
 use types::{PeerNode, Raft};
 
 pub struct RaftSettings {
@@ -22,14 +25,21 @@ pub struct RaftSettings {
     pub snapshot_count: u64,
 }
 
-/// Start this member's raft over the WAL in `data_dir/member/wal`, initialising a new single-member
-/// cluster on first boot.
+/// Start this member's raft over the WAL in `data_dir/member/wal`. On first boot of a new cluster
+/// (`bootstrap` is the whole initial membership) the membership is initialised; a member joining an
+/// existing cluster (`bootstrap` None) starts empty and waits for the leader to replicate to it.
+///
+/// Every member of a new cluster initialises with the same membership (same ids, same node
+/// info, all computed from `--initial-cluster`): openraft documents that initialising several
+/// members with an identical config is safe (they all write the same membership entry at the same
+/// log id, and voting elects one leader). A member that already received the leader's log before
+/// initialising is refused with `NotAllowed`, which is the goal reached and is ignored.
 pub async fn start(
     member_id: u64,
-    node: PeerNode,
-    initial_members: BTreeMap<u64, PeerNode>,
+    bootstrap: Option<BTreeMap<u64, PeerNode>>,
     data_dir: &Path,
     applier: Arc<Applier>,
+    network: network::PeerNetwork,
     settings: &RaftSettings,
 ) -> Result<(Raft, log_store::LogStore)> {
     let heartbeat = settings.heartbeat.as_millis().max(1) as u64;
@@ -42,6 +52,8 @@ pub async fn start(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_count.max(1)),
         // etcd keeps 5000 entries behind a snapshot for slow followers to catch up from.
         max_in_snapshot_log_to_keep: 5000,
+        // etcd runs raft with PreVote on.
+        enable_pre_vote: Some(true),
         ..Default::default()
     }
     .validate()
@@ -51,15 +63,16 @@ pub async fn start(
     let snap_dir = data_dir.join("member").join("snap");
     let log_store = log_store::LogStore::open(&wal_dir)?;
     let state_machine = state_machine::StateMachine::open(applier, snap_dir)?;
-    let raft = Raft::new(member_id, Arc::new(config), network::PeerNetwork, log_store.clone(), state_machine)
+    let raft = Raft::new(member_id, Arc::new(config), network, log_store.clone(), state_machine)
         .await
         .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
 
     let initialized = raft.is_initialized().await.map_err(|e| Error::Internal(format!("raft: {e}")))?;
-    if !initialized {
-        let mut members = initial_members;
-        members.entry(member_id).or_insert(node);
-        raft.initialize(members).await.map_err(|e| Error::Internal(format!("raft initialize: {e}")))?;
+    if let (false, Some(members)) = (initialized, bootstrap) {
+        match raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(Error::Internal(format!("raft initialize: {e}"))),
+        }
     }
     Ok((raft, log_store))
 }

@@ -1,0 +1,78 @@
+//! The server half of the peer service (`proto/keelpeer/peer.proto`), served on
+//! `--listen-peer-urls`: hands raft messages from other members to openraft, and the calls only
+//! the leader answers to `forward` (the role of etcd's peer handlers `/raft` and `/leases`).
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+use crate::proto::keelpeer::peer_server::{Peer, PeerServer};
+use crate::proto::keelpeer::Payload;
+use crate::raft::network::{decode, encode, MAX_PEER_MESSAGE};
+use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
+
+type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+
+pub struct PeerService {
+    node: Arc<Node>,
+}
+
+pub fn server(node: Arc<Node>) -> PeerServer<PeerService> {
+    PeerServer::new(PeerService { node })
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE)
+}
+
+/// An undecodable message is the caller's bug: say so with a status, not a raft answer.
+fn undecodable(e: String) -> Status {
+    Status::invalid_argument(e)
+}
+
+/// Answer with `Ok(value)` or the raft error's text (the caller treats it as unreachable).
+fn reply<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Result<Response<Payload>, Status> {
+    Ok(Response::new(encode(&result.map_err(|e| e.to_string()))))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref()).map_err(undecodable)?;
+        reply(self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(request.get_ref()).map_err(undecodable)?;
+        reply(self.node.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(request.get_ref()).map_err(undecodable)?;
+        reply(self.node.raft.pre_vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = decode(request.get_ref()).map_err(undecodable)?;
+        let snapshot = Snapshot { meta, snapshot: Cursor::new(data) };
+        reply(self.node.raft.install_full_snapshot(vote, snapshot).await)
+    }
+
+    async fn transfer_leader(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let req: TransferLeaderRequest<TypeConfig> = decode(request.get_ref()).map_err(undecodable)?;
+        reply(self.node.raft.handle_transfer_leader(req).await)
+    }
+
+    async fn cluster(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let answer: (u64, Vec<crate::node::MemberInfo>) =
+            (self.node.cluster_id, crate::membership::members(&self.node));
+        Ok(Response::new(encode(&answer)))
+    }
+
+    async fn leader(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let call = decode(request.get_ref()).map_err(undecodable)?;
+        Ok(Response::new(encode(&crate::forward::serve(&self.node, call).await)))
+    }
+}
