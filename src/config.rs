@@ -37,6 +37,8 @@ const DEFAULT_CLUSTER_TOKEN: &str = "etcd-cluster";
 const DEFAULT_MAX_REQUEST_BYTES: u64 = 1572864;
 const DEFAULT_MAX_TXN_OPS: u64 = 128;
 const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
+/// etcd's `DefaultSnapshotCatchUpEntries`.
+const DEFAULT_SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
 const DEFAULT_HEARTBEAT_MS: u64 = 100;
 const DEFAULT_ELECTION_MS: u64 = 1000;
 const DEFAULT_PROGRESS_NOTIFY: Duration = Duration::from_secs(10 * 60);
@@ -117,7 +119,6 @@ pub const IGNORED_ETCD_FLAGS: &[(&str, FlagArity)] = {
         ("experimental-initial-corrupt-check", Bool),
         ("experimental-memory-mlock", Bool),
         ("experimental-peer-skip-client-san-verification", Bool),
-        ("experimental-snapshot-catchup-entries", Value),
         ("experimental-stop-grpc-service-on-defrag", Bool),
         ("experimental-txn-mode-write-with-shared-buffer", Bool),
         ("experimental-warning-apply-duration", Value),
@@ -257,6 +258,12 @@ const KEEL_FLAGS: &[KeelFlag] = &[
          disables the quota)",
     ),
     flag("snapshot-count", Kind::Uint, "100000", "Number of committed entries that triggers a snapshot"),
+    flag(
+        "experimental-snapshot-catchup-entries",
+        Kind::Uint,
+        "5000",
+        "Number of entries for a slow follower to catch-up after compacting the raft storage entries",
+    ),
     flag("heartbeat-interval", Kind::Uint, "100", "Time (in milliseconds) of a heartbeat interval"),
     flag("election-timeout", Kind::Uint, "1000", "Time (in milliseconds) for an election to time out"),
     flag("log-level", Kind::Str, "info", "Log level: debug, info, warn or error"),
@@ -528,6 +535,8 @@ pub struct Config {
     pub quota_backend_bytes: i64,
     /// A given 0 is replaced by the default, as etcd's server does.
     pub snapshot_count: u64,
+    /// Log entries kept behind a raft snapshot for slow followers (`--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub log_level: LogLevel,
@@ -558,6 +567,7 @@ impl Default for Config {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             quota_backend_bytes: 0,
             snapshot_count: DEFAULT_SNAPSHOT_COUNT,
+            snapshot_catchup_entries: DEFAULT_SNAPSHOT_CATCHUP_ENTRIES,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_MS,
             election_timeout_ms: DEFAULT_ELECTION_MS,
             log_level: LogLevel::Info,
@@ -1094,6 +1104,9 @@ fn build(settings: &Settings, warnings: &mut Vec<String>) -> Result<Config, Conf
             0 => DEFAULT_SNAPSHOT_COUNT,
             n => n,
         };
+    }
+    if let Some(s) = get("experimental-snapshot-catchup-entries") {
+        config.snapshot_catchup_entries = uint(s, "experimental-snapshot-catchup-entries")?;
     }
     if let Some(s) = get("heartbeat-interval") {
         config.heartbeat_interval_ms = uint(s, "heartbeat-interval")?;

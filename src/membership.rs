@@ -191,6 +191,23 @@ async fn change_once(
     Ok((subject, after))
 }
 
+/// etcd's `MoveLeader` on the leader: hand leadership to voter `target` (openraft's leader
+/// transfer) and wait until it leads, at most a request timeout.
+pub async fn move_leader(node: &Node, target: u64) -> Result<()> {
+    if !node.raft_status().is_leader {
+        return Err(Error::NotLeader);
+    }
+    if !members(node).iter().any(|m| m.id == target && !m.is_learner) {
+        return Err(Error::BadLeaderTransferee);
+    }
+    if target == node.member_id {
+        return Ok(());
+    }
+    node.raft.trigger().transfer_leader(target).await.map_err(|_| Error::Stopped)?;
+    let waited = node.raft.wait(Some(node.limits.request_timeout)).current_leader(target, "move leader").await;
+    waited.map(|_| ()).map_err(|_| Error::LeaderTransferTimeout)
+}
+
 /// etcd refuses a peer URL another member already has.
 fn check_urls_unused(current: &[MemberInfo], urls: &[String], except: Option<u64>) -> Result<()> {
     let taken = current.iter().filter(|m| Some(m.id) != except).any(|m| m.peer_urls.iter().any(|u| urls.contains(u)));

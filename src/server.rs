@@ -64,6 +64,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         heartbeat: config.heartbeat_interval(),
         election_timeout: config.election_timeout(),
         snapshot_count: config.snapshot_count,
+        catchup_entries: config.snapshot_catchup_entries,
     };
     let network = PeerNetwork { channels: channels.clone() };
     let (raft, log_store) =

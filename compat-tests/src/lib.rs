@@ -2,6 +2,7 @@
 //! client requests (gRPC KV scenarios, etcdctl command sequences) on each, and compares what a client
 //! sees, after masking only what legitimately differs between two etcd members.
 
+pub mod cluster;
 pub mod diff;
 pub mod etcdctl;
 pub mod etcdctl_watch;

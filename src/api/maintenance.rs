@@ -1,7 +1,7 @@
 //! The Maintenance service (etcd's `v3rpc/maintenance.go`): Status and the alarm list, which
-//! `etcdctl endpoint status/health` need, and Snapshot in etcd's file format. Defragment, hashes,
-//! leader moves and downgrades arrive with the operations issue and answer `Unimplemented` until
-//! then.
+//! `etcdctl endpoint status/health` need, Snapshot in etcd's file format, and MoveLeader (through
+//! `membership`). Defragment, hashes and downgrades arrive with the operations issue and answer
+//! `Unimplemented` until then.
 
 use std::sync::Arc;
 
@@ -67,7 +67,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: raft.applied_index,
             errors,
             db_size_in_use: size.in_use_bytes as i64,
-            is_learner: false,
+            is_learner: node.is_learner(),
         }))
     }
 
@@ -97,8 +97,11 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
-    async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_yet("Maintenance.MoveLeader"))
+    /// etcd's answer carries no header.
+    async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        crate::membership::move_leader(&self.node, target).await.map_err(to_status)?;
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {

@@ -23,6 +23,8 @@ pub struct RaftSettings {
     pub election_timeout: Duration,
     /// Entries between raft snapshots (etcd's `--snapshot-count`); the log is purged behind them.
     pub snapshot_count: u64,
+    /// Entries kept behind a snapshot for slow followers (etcd's `--experimental-snapshot-catchup-entries`).
+    pub catchup_entries: u64,
 }
 
 /// Start this member's raft over the WAL in `data_dir/member/wal`. On first boot of a new cluster
@@ -50,8 +52,9 @@ pub async fn start(
         election_timeout_min: election,
         election_timeout_max: election * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_count.max(1)),
-        // etcd keeps 5000 entries behind a snapshot for slow followers to catch up from.
-        max_in_snapshot_log_to_keep: 5000,
+        // etcd keeps this many entries (5000 by default) behind a snapshot for slow followers to
+        // catch up from; one further behind is sent the snapshot.
+        max_in_snapshot_log_to_keep: settings.catchup_entries,
         // etcd runs raft with PreVote on.
         enable_pre_vote: Some(true),
         ..Default::default()
