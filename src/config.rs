@@ -1492,7 +1492,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), count, "a flag is listed twice");
-        assert_eq!(IGNORED_ETCD_FLAGS.len(), 105);
+        assert_eq!(IGNORED_ETCD_FLAGS.len(), 104);
         assert!(VERSION_TEXT.ends_with(ETCD_API_VERSION));
     }
 
@@ -1610,6 +1610,7 @@ mod tests {
             case(vec![("max-txn-ops", "1000")], |c| assert_eq!(c.max_txn_ops, 1000)),
             case(vec![("quota-backend-bytes", "4294967296")], |c| assert_eq!(c.effective_quota(), 4294967296)),
             case(vec![("snapshot-count", "5000")], |c| assert_eq!(c.snapshot_count, 5000)),
+            case(vec![("experimental-snapshot-catchup-entries", "10")], |c| assert_eq!(c.snapshot_catchup_entries, 10)),
             case(vec![("heartbeat-interval", "150")], |c| {
                 assert_eq!(c.heartbeat_interval(), Duration::from_millis(150))
             }),

@@ -115,7 +115,8 @@ fn normalise(out: &CmdOutput) -> CmdOutput {
                     parts.sort_unstable();
                     format!("{k}=\"{}\"", parts.join(","))
                 }
-                _ => l.to_string(),
+                // etcdctl prints ids as `%16x`: an id below 2^60 gets a padding space.
+                _ => l.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" "),
             })
             .collect();
         lines.sort();
@@ -243,7 +244,9 @@ fn spawn_writers(
 
 #[tokio::test]
 async fn sigkilled_leader_is_replaced_without_losing_acknowledged_writes() {
-    let mut cluster = Cluster::start(ClusterSpec::local(ServerKind::Keel, 3).expect("ports")).await.expect("cluster");
+    // KEEL_COMPAT_CANDIDATE=etcd proves the test on etcd.
+    let kind = ServerKind::from_env_or(ServerKind::Keel);
+    let mut cluster = Cluster::start(ClusterSpec::local(kind, 3).expect("ports")).await.expect("cluster");
     let old = cluster.wait_leader(Duration::from_secs(5)).await.expect("leader");
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
@@ -253,6 +256,7 @@ async fn sigkilled_leader_is_replaced_without_losing_acknowledged_writes() {
     let killed_at = Instant::now();
     let new = cluster.wait_leader(Duration::from_secs(10)).await.expect("a new leader");
     let took = killed_at.elapsed();
+    eprintln!("new leader {took:?} after the old one was killed");
     assert_ne!(new, old);
     assert!(took <= 3 * ELECTION_TIMEOUT, "new leader after {took:?}, more than three election timeouts");
     // Keep writing through the new leader for a while, then bring the old one back.

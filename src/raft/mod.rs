@@ -45,12 +45,16 @@ pub async fn start(
     settings: &RaftSettings,
 ) -> Result<(Raft, log_store::LogStore)> {
     let heartbeat = settings.heartbeat.as_millis().max(1) as u64;
-    let election = (settings.election_timeout.as_millis() as u64).max(heartbeat * 2);
+    let election = (settings.election_timeout.as_millis() as u64).max(heartbeat * 2 + 2);
     let config = openraft::Config {
         cluster_name: "keel".to_string(),
         heartbeat_interval: heartbeat,
-        election_timeout_min: election,
-        election_timeout_max: election * 2,
+        // etcd campaigns a random [T, 2T) after the last heartbeat (T = --election-timeout).
+        // openraft campaigns only once the leader's lease (election_timeout_max) AND a timeout
+        // sampled from [min, max) have passed, so [T/2, T) here makes that [1.5T, 2T): close to
+        // etcd's, and a dead leader is replaced well within three election timeouts.
+        election_timeout_min: (election / 2).max(heartbeat + 1),
+        election_timeout_max: election,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_count.max(1)),
         // etcd keeps this many entries (5000 by default) behind a snapshot for slow followers to
         // catch up from; one further behind is sent the snapshot.

@@ -75,9 +75,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let mut data = Vec::new();
-        self.applier.export(&mut data).map_err(io_err)?;
-        let meta =
-            SnapshotMeta { last_log_id: self.position.last_applied, last_membership: self.position.membership.clone() };
+        // The position stored with the exported state, not this builder's copy: apply goes on
+        // while the snapshot is built, and a snapshot claiming an older position than its data
+        // would make the member installing it apply the newer entries twice.
+        let position: Position = match self.applier.export(&mut data).map_err(io_err)? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err)?,
+            None => Position::default(),
+        };
+        let meta = SnapshotMeta { last_log_id: position.last_applied, last_membership: position.membership };
         self.store_snapshot(&meta, &data)?;
         Ok(Snapshot { meta, snapshot: Cursor::new(data) })
     }
