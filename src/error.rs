@@ -65,6 +65,10 @@ pub enum Error {
     Corrupt,
     #[error("request timed out, possibly due to connection lost")]
     TimeoutConnectionLost,
+    /// A proposal made while there is no leader: etcd's raft blocks it until the request timeout
+    /// and the handler returns the bare context error (an etcd quirk: not `request timed out`).
+    #[error("context deadline exceeded")]
+    ProposalDeadline,
 
     // --- membership (etcd's membership errors behind `Cluster`, `MoveLeader`) ---
     #[error("member ID already exist")]
@@ -113,6 +117,7 @@ impl Error {
             Error::LeaderChanged,
             Error::Timeout,
             Error::TimeoutConnectionLost,
+            Error::ProposalDeadline,
             Error::Stopped,
             Error::Corrupt,
             Error::RequestTooLarge,

@@ -50,7 +50,8 @@ pub enum LeaderAnswer {
 /// How long to wait between looks for a leader while there is none (or it just changed).
 const LEADER_POLL: Duration = Duration::from_millis(20);
 
-/// Run `call` on the leader (here, if this member leads), waiting out elections until `timeout`.
+/// Run `call` on the leader (here, if this member leads), waiting out elections until `timeout`;
+/// `NoLeader` if none was found by then.
 ///
 /// A call is only retried when it certainly did not run: the addressed member said it does not
 /// lead, or it could not be connected to. A call lost mid-flight is not retried (a write might have
@@ -68,8 +69,9 @@ pub async fn call_leader(node: &Node, call: LeaderCall, timeout: Duration) -> Re
             Err(Error::NotLeader | Error::NoLeader) if Instant::now() + LEADER_POLL < deadline => {
                 tokio::time::sleep(LEADER_POLL).await;
             }
-            // etcd's proposal waits for a leader until the request timeout and then says so.
-            Err(Error::NotLeader | Error::NoLeader) => return Err(Error::Timeout),
+            // Still no leader at the deadline: `NoLeader`, which each caller turns into what etcd
+            // answers then (writes and reads differ).
+            Err(Error::NotLeader | Error::NoLeader) => return Err(Error::NoLeader),
             other => return other,
         }
     }
@@ -132,7 +134,7 @@ pub async fn serve(node: &Node, call: LeaderCall) -> std::result::Result<LeaderA
 
 /// A keep-alive, renewed by the leader wherever it was asked.
 pub async fn keep_alive(node: &Node, id: i64) -> Result<i64> {
-    match call_leader(node, LeaderCall::KeepAlive(id), node.limits.request_timeout).await? {
+    match call_leader(node, LeaderCall::KeepAlive(id), node.limits.request_timeout).await.map_err(timed_out)? {
         LeaderAnswer::Ttl(ttl) => Ok(ttl),
         other => Err(unexpected(&other)),
     }
@@ -140,11 +142,31 @@ pub async fn keep_alive(node: &Node, id: i64) -> Result<i64> {
 
 /// LeaseTimeToLive as the leader's clock sees it.
 pub async fn time_to_live(node: &Node, id: i64, keys: bool) -> Result<Option<crate::lease_clock::TimeToLive>> {
-    match call_leader(node, LeaderCall::TimeToLive { id, keys }, node.limits.request_timeout).await? {
+    match call_leader(node, LeaderCall::TimeToLive { id, keys }, node.limits.request_timeout)
+        .await
+        .map_err(timed_out)?
+    {
         LeaderAnswer::TimeToLive(found) => {
             Ok(found.map(|(ttl, granted_ttl, keys)| crate::lease_clock::TimeToLive { ttl, granted_ttl, keys }))
         }
         other => Err(unexpected(&other)),
+    }
+}
+
+/// etcd's answer to a request that waited out its timeout for a leader (reads, lease calls).
+pub fn timed_out(e: Error) -> Error {
+    match e {
+        Error::NoLeader => Error::Timeout,
+        other => other,
+    }
+}
+
+/// A proposal's: etcd's raft blocks proposals while there is no leader, so they end in the bare
+/// context deadline.
+pub fn proposal_timed_out(e: Error) -> Error {
+    match e {
+        Error::NoLeader => Error::ProposalDeadline,
+        other => other,
     }
 }
 

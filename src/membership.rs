@@ -12,7 +12,7 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::forward::{call_leader, unexpected, LeaderAnswer, LeaderCall};
+use crate::forward::{call_leader, proposal_timed_out, unexpected, LeaderAnswer, LeaderCall};
 use openraft::async_runtime::WatchReceiver;
 
 use crate::node::{MemberInfo, Node};
@@ -75,7 +75,10 @@ pub fn members(node: &Node) -> Vec<MemberInfo> {
 /// Make `change` on the leader (wherever it is); returns the member it concerns (for Add: the new
 /// one) and the member list after it.
 pub async fn change(node: &Node, change: MemberChange) -> Result<(Option<MemberInfo>, Vec<MemberInfo>)> {
-    match call_leader(node, LeaderCall::Member(change), node.limits.request_timeout).await? {
+    match call_leader(node, LeaderCall::Member(change), node.limits.request_timeout)
+        .await
+        .map_err(proposal_timed_out)?
+    {
         LeaderAnswer::Members { changed, members } => Ok((changed, members)),
         other => Err(unexpected(&other)),
     }

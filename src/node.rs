@@ -53,6 +53,28 @@ pub struct Node {
     pub leases: Arc<LeaseClock>,
     /// Connections to the other members (raft replication shares them).
     pub peer_channels: crate::raft::network::PeerChannels,
+    /// When the leader last reached this member (a follower's view of its leader's liveness).
+    pub leader_contact: LeaderContact,
+}
+
+/// The last time an append (or heartbeat) or snapshot from the leader was accepted here.
+///
+/// etcd forgets its leader the moment it starts a (pre-)election, an election timeout after the
+/// leader went quiet, so `no leader` errors and Status report it. openraft keeps naming the old
+/// leader while pre-votes fail (its vote does not change), so a follower decides for itself:
+/// a leader not heard from for 1.5 election timeouts is none (and a leader no quorum answered
+/// for as long reports none either, see `raft_status`).
+#[derive(Default)]
+pub struct LeaderContact(Mutex<Option<Instant>>);
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn within(&self, limit: Duration) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|at| at.elapsed() <= limit)
+    }
 }
 
 impl Node {
@@ -106,10 +128,21 @@ impl Node {
     pub fn raft_status(&self) -> RaftStatus {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
+        let is_leader = m.state == ServerState::Leader;
+        let silence = self.limits.election_timeout * 3 / 2;
+        let leader = if is_leader {
+            // etcd's leader steps down (CheckQuorum) once a quorum has not answered for an
+            // election timeout; openraft's keeps leading alone. Report it leaderless meanwhile.
+            let alone = m.membership_config.membership().voter_ids().nth(1).is_none();
+            let acked = m.last_quorum_acked.as_ref().is_some_and(|at| openraft::Instant::elapsed(&**at) <= silence);
+            m.current_leader.filter(|_| alone || acked)
+        } else {
+            m.current_leader.filter(|_| self.leader_contact.within(silence))
+        };
         RaftStatus {
             term: m.current_term,
-            leader: m.current_leader,
-            is_leader: m.state == ServerState::Leader,
+            leader,
+            is_leader,
             last_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
         }

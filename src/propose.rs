@@ -6,7 +6,7 @@ use openraft::error::{ClientWriteError, RaftError};
 
 use crate::apply::command::{CommandHeader, CommandResult, RaftCommand, Request, Response};
 use crate::error::{Error, Result};
-use crate::forward::{call_leader, unexpected, LeaderAnswer, LeaderCall};
+use crate::forward::{call_leader, proposal_timed_out, unexpected, LeaderAnswer, LeaderCall};
 use crate::node::Node;
 
 /// etcd refuses new proposals while apply lags this far behind commit (`etcdserver: too many requests`).
@@ -21,7 +21,10 @@ pub async fn propose(node: &Node, request: Request) -> Result<(Response, u64)> {
     if command.encoded_len() > node.limits.max_request_bytes {
         return Err(Error::RequestTooLarge);
     }
-    match call_leader(node, LeaderCall::Write(command), node.limits.request_timeout).await? {
+    match call_leader(node, LeaderCall::Write(command), node.limits.request_timeout)
+        .await
+        .map_err(proposal_timed_out)?
+    {
         LeaderAnswer::Written(result) => Ok((result.outcome.map_err(Error::from)?, id)),
         other => Err(unexpected(&other)),
     }

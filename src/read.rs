@@ -11,7 +11,7 @@ use openraft::ReadPolicy;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::forward::{call_leader, unexpected, LeaderAnswer, LeaderCall};
+use crate::forward::{call_leader, timed_out, unexpected, LeaderAnswer, LeaderCall};
 use crate::mvcc::RangeResult;
 use crate::node::Node;
 use crate::proto::etcdserverpb::RangeRequest;
@@ -79,7 +79,7 @@ pub async fn linearizable_barrier(node: &Arc<Node>) -> Result<()> {
 /// One read-index round: the leader's read index, then wait until apply has caught up with it.
 async fn read_index_round(node: &Node) -> Result<()> {
     let started = std::time::Instant::now();
-    let index = match call_leader(node, LeaderCall::ReadIndex, node.limits.request_timeout).await? {
+    let index = match call_leader(node, LeaderCall::ReadIndex, node.limits.request_timeout).await.map_err(timed_out)? {
         LeaderAnswer::ReadIndex(index) => index,
         other => return Err(unexpected(&other)),
     };

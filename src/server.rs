@@ -93,6 +93,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         read_batcher: Default::default(),
         leases,
         peer_channels: channels,
+        leader_contact: Default::default(),
     });
     let peers = spawn_peer_server(node.clone(), peer_listeners);
     // A single member elects itself at once; a member of a larger cluster waits for its peers as

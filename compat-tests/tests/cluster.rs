@@ -342,3 +342,35 @@ async fn a_learner_joins_catches_up_and_is_promoted() {
     assert!(line.ends_with(", false"), "promoted, not a learner: {line}");
     assert!(line.contains(", started, m3, "), "it published its name: {line}");
 }
+
+/// (code, message) of a Range with `hasleader` and of a plain Put, on the one member left of three
+/// (the former leader).
+async fn leaderless_answers(kind: ServerKind) -> Vec<(tonic::Code, String)> {
+    let mut cluster = Cluster::start(ClusterSpec::local(kind, 3).expect("ports")).await.expect("cluster");
+    // The leader survives: it must notice it lost its quorum (etcd's CheckQuorum steps it down).
+    let survivor = cluster.wait_leader(Duration::from_secs(5)).await.expect("leader");
+    cluster.kill9((survivor + 1) % 3).expect("kill");
+    cluster.kill9((survivor + 2) % 3).expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.status(survivor).await.map(|s| s.leader).unwrap_or(1) != 0 {
+        assert!(Instant::now() < deadline, "{kind}: the survivor still reports a leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut kv = cluster.kv(survivor).await.expect("client");
+    let mut req = tonic::Request::new(RangeRequest { key: b"k".to_vec(), ..Default::default() });
+    req.metadata_mut().insert("hasleader", "true".parse().expect("metadata"));
+    let started = Instant::now();
+    let range = kv.range(req).await.expect_err("no leader");
+    assert!(started.elapsed() < Duration::from_secs(1), "{kind}: hasleader fails fast");
+    let put = kv
+        .put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() })
+        .await
+        .expect_err("no quorum");
+    [range, put].iter().map(|s| (s.code(), s.message().to_string())).collect()
+}
+
+#[tokio::test]
+async fn without_a_leader_hasleader_fails_fast_and_writes_time_out_as_in_etcd() {
+    let (etcd, keel) = tokio::join!(leaderless_answers(ServerKind::Etcd), leaderless_answers(ServerKind::Keel));
+    assert_eq!(keel, etcd);
+}

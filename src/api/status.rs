@@ -32,6 +32,8 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
         Error::TimeoutConnectionLost => {
             (Code::Unavailable, "etcdserver: request timed out, possibly due to connection lost")
         }
+        // grpc-go turns the context error etcd's handler returns into this code and text.
+        Error::ProposalDeadline => (Code::DeadlineExceeded, "context deadline exceeded"),
         Error::MemberExists => (Code::FailedPrecondition, "etcdserver: member ID already exist"),
         Error::PeerUrlExists => (Code::FailedPrecondition, "etcdserver: Peer URLs already exists"),
         Error::MemberNotEnoughStarted => {

@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
@@ -41,7 +41,12 @@ fn reply<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Result<Res
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref()).map_err(undecodable)?;
-        reply(self.node.raft.append_entries(rpc).await)
+        let answer = self.node.raft.append_entries(rpc).await;
+        // Any answer but "I have a higher vote" means this member follows the sender.
+        if answer.as_ref().is_ok_and(|r| !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.node.leader_contact.touch();
+        }
+        reply(answer)
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -57,7 +62,11 @@ impl Peer for PeerService {
     async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = decode(request.get_ref()).map_err(undecodable)?;
         let snapshot = Snapshot { meta, snapshot: Cursor::new(data) };
-        reply(self.node.raft.install_full_snapshot(vote, snapshot).await)
+        let answer = self.node.raft.install_full_snapshot(vote, snapshot).await;
+        if answer.is_ok() {
+            self.node.leader_contact.touch();
+        }
+        reply(answer)
     }
 
     async fn transfer_leader(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
