@@ -178,3 +178,18 @@ impl From<SnapshotError> for Error {
         Error::Internal(format!("snapshot: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_that_cross_members_as_text_come_back_as_themselves() {
+        for e in [Error::NotLeader, Error::MemberNotFound, Error::LearnerNotReady, Error::ProposalDeadline] {
+            let text = e.to_string();
+            assert_eq!(Error::from_text(&text).to_string(), text);
+            assert!(!matches!(Error::from_text(&text), Error::Internal(_)), "{text} came back as Internal");
+        }
+        assert!(matches!(Error::from_text("disk on fire"), Error::Internal(m) if m == "disk on fire"));
+    }
+}

@@ -82,6 +82,21 @@ mod tests {
         assert_eq!(cancel_reason(&Error::DuplicateWatchId), "mvcc: duplicate watch ID provided on the WatchStream");
         let s = to_status(Error::EmptyKey);
         assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
+        // Membership errors and etcd's bare context error for a proposal without a leader.
+        let s = to_status(Error::LearnerNotReady);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader")
+        );
+        let s = to_status(Error::MemberNotFound);
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: member not found"));
+        let s = to_status(Error::ProposalDeadline);
+        assert_eq!((s.code(), s.message()), (Code::DeadlineExceeded, "context deadline exceeded"));
+        let s = to_status(Error::LeaderTransferTimeout);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unknown, "etcdserver: request timed out, leader transfer took too long")
+        );
     }
 }
 
