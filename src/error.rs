@@ -87,8 +87,6 @@ pub enum Error {
     LearnerNotReady,
     #[error("too many learner members in cluster")]
     TooManyLearners,
-    #[error("rpc not supported for learner")]
-    NotSupportedForLearner,
     #[error("bad leader transferee")]
     BadLeaderTransferee,
     #[error("request timed out, leader transfer took too long")]
@@ -130,7 +128,6 @@ impl Error {
             Error::MemberNotLearner,
             Error::LearnerNotReady,
             Error::TooManyLearners,
-            Error::NotSupportedForLearner,
             Error::BadLeaderTransferee,
             Error::LeaderTransferTimeout,
         ];

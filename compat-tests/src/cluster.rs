@@ -5,7 +5,6 @@
 //! reaches it at `advertise_peer_url`, so a fault injector can advertise a proxy's address and
 //! forward to the real one. [`ClusterSpec::local`] picks free ports with no proxy.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use keel::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel::proto::etcdserverpb::{RangeRequest, StatusRequest, StatusResponse};
 use tonic::transport::Channel;
 
-use crate::server::{connect, etcd_bin_dir, keel_bin, HarnessError, ServerKind};
+use crate::server::{connect, etcd_bin_dir, keel_bin, open_log, stop_child, HarnessError, ServerKind};
 
 /// How long every member of a new cluster gets to answer its first linearizable Range.
 pub const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -176,12 +175,7 @@ impl Cluster {
         }
         let m = &mut self.members[i];
         let log_path = m.log_path();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| HarnessError::io(format!("opening {}", log_path.display()), e))?;
-        let log_err = log.try_clone().map_err(|e| HarnessError::io("duplicating the log handle", e))?;
+        let (log, log_err) = open_log(&log_path)?;
         let mut cmd = Command::new(&binary);
         cmd.arg("--name")
             .arg(&m.spec.name)
@@ -314,23 +308,12 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stop member `i` gracefully (SIGTERM to its pid, SIGKILL after 10 s).
+    /// Stop member `i` gracefully (SIGTERM to its pid, SIGKILL after a grace period).
     pub async fn stop(&mut self, i: usize) -> Result<(), HarnessError> {
-        let Some(mut child) = self.members[i].child.take() else { return Ok(()) };
-        let pid = child.id().to_string();
-        let _ = Command::new("sh").args(["-c", "kill -TERM \"$1\"", "sh", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok(());
-                }
-            }
+        if let Some(child) = self.members[i].child.take() {
+            stop_child(child).await;
         }
+        Ok(())
     }
 
     /// Start member `i` again on its data directory (after `kill9` or `stop`), without waiting.

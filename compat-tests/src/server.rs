@@ -152,6 +152,41 @@ pub async fn connect(endpoint: &str) -> Result<Channel, HarnessError> {
     }
 }
 
+/// A child's log file, opened for appending (kept across restarts), as its stdout and stderr.
+pub(crate) fn open_log(path: &Path) -> Result<(File, File), HarnessError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| HarnessError::io(format!("opening {}", path.display()), e))?;
+    let log_err = log.try_clone().map_err(|e| HarnessError::io("duplicating the log handle", e))?;
+    Ok((log, log_err))
+}
+
+/// Stops a child this harness started: SIGTERM to its pid, SIGKILL after a grace period; reaped.
+pub async fn stop_child(mut child: Child) {
+    let pid = child.id();
+    // std can only send SIGKILL; the shell's builtin `kill` sends SIGTERM to exactly this pid.
+    let _ = Command::new("sh")
+        .args(["-c", "kill -TERM \"$1\"", "sh", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+        }
+    }
+}
+
 /// A running (or stopped, between restarts) server process owned by this harness.
 pub struct Server {
     kind: ServerKind,
@@ -363,29 +398,10 @@ impl Server {
 
     /// Stops the child gracefully (SIGTERM, then SIGKILL after a grace period).
     pub async fn stop(&mut self) -> Result<(), HarnessError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let pid = child.id();
-        // std can only send SIGKILL; the shell's builtin `kill` sends SIGTERM to exactly this pid.
-        let _ = Command::new("sh")
-            .args(["-c", "kill -TERM \"$1\"", "sh", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok(());
-                }
-            }
+        if let Some(child) = self.child.take() {
+            stop_child(child).await;
         }
+        Ok(())
     }
 
     /// Stops the server if it runs, then starts it again on the same data dir and ports.
@@ -397,12 +413,7 @@ impl Server {
     /// Spawns the child with etcd's flags and waits until a Range answers.
     async fn spawn_and_wait(&mut self) -> Result<(), HarnessError> {
         let log_path = self.log_path();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| HarnessError::io(format!("opening {}", log_path.display()), e))?;
-        let log_err = log.try_clone().map_err(|e| HarnessError::io("duplicating the log handle", e))?;
+        let (log, log_err) = open_log(&log_path)?;
         let client_url = self.endpoint();
         let peer_url = self.peer_url();
         let mut cmd = Command::new(&self.binary);
