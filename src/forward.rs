@@ -83,7 +83,7 @@ async fn remote(node: &Node, leader: u64, call: &LeaderCall, deadline: Instant) 
         return Err(Error::NotLeader);
     };
     let mut client = node.peer_channels.client(&peer).map_err(Error::Internal)?;
-    let mut request = tonic::Request::new(encode(call));
+    let mut request = node.peer_channels.request(encode(call));
     let left = deadline.saturating_duration_since(Instant::now());
     request.set_timeout(left);
     match tokio::time::timeout(left, client.leader(request)).await {

@@ -54,6 +54,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let data_dir = PathBuf::from(&config.data_dir);
     let channels = PeerChannels::default();
     let boot = identity(&config, &data_dir, &channels).await?;
+    channels.set_cluster_id(boot.cluster_id);
 
     let kind: crate::storage::EngineKind = config.storage_engine.as_str().parse()?;
     let engine = crate::storage::open(kind, &data_dir.join("member").join("db"))

@@ -114,6 +114,16 @@ pub struct Cluster {
 impl Cluster {
     /// Start every member of `spec` as a new cluster and wait until each serves a linearizable read.
     pub async fn start(spec: ClusterSpec) -> Result<Cluster, HarnessError> {
+        let mut cluster = Cluster::spawn(spec)?;
+        for i in 0..cluster.members.len() {
+            cluster.wait_ready(i, CLUSTER_START_TIMEOUT).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Start every member of `spec` as a new cluster without waiting for it to work (for clusters
+    /// meant to lack a quorum).
+    pub fn spawn(spec: ClusterSpec) -> Result<Cluster, HarnessError> {
         let initial = spec.initial_cluster();
         let mut cluster = Cluster { spec: spec.clone(), members: Vec::new() };
         for m in &spec.members {
@@ -130,10 +140,7 @@ impl Cluster {
             });
         }
         for i in 0..cluster.members.len() {
-            cluster.spawn(i)?;
-        }
-        for i in 0..cluster.members.len() {
-            cluster.wait_ready(i, CLUSTER_START_TIMEOUT).await?;
+            cluster.spawn_member(i)?;
         }
         Ok(cluster)
     }
@@ -156,7 +163,7 @@ impl Cluster {
             initial_cluster: initial.join(","),
         });
         let i = self.members.len() - 1;
-        self.spawn(i)?;
+        self.spawn_member(i)?;
         Ok(i)
     }
 
@@ -165,7 +172,7 @@ impl Cluster {
         self.members.iter().filter(|m| m.is_running()).map(Member::client_addr).collect::<Vec<_>>().join(",")
     }
 
-    fn spawn(&mut self, i: usize) -> Result<(), HarnessError> {
+    fn spawn_member(&mut self, i: usize) -> Result<(), HarnessError> {
         let binary = match self.spec.kind {
             ServerKind::Etcd => etcd_bin_dir().join("etcd"),
             ServerKind::Keel => keel_bin(),
@@ -321,7 +328,7 @@ impl Cluster {
         if self.members[i].is_running() {
             return Ok(());
         }
-        self.spawn(i)
+        self.spawn_member(i)
     }
 }
 

@@ -374,3 +374,25 @@ async fn without_a_leader_hasleader_fails_fast_and_writes_time_out_as_in_etcd() 
     let (etcd, keel) = tokio::join!(leaderless_answers(ServerKind::Etcd), leaderless_answers(ServerKind::Keel));
     assert_eq!(keel, etcd);
 }
+
+#[tokio::test]
+async fn a_member_of_another_cluster_cannot_disturb_this_one() {
+    let cluster = Cluster::start(ClusterSpec::local(ServerKind::Keel, 3).expect("ports")).await.expect("cluster");
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await.expect("leader");
+    let term = cluster.status(leader).await.expect("status").raft_term;
+    // A three-member cluster of its own whose third member's peer URL is one of ours: its two real
+    // members elect a leader, which then replicates to our member as if it were theirs.
+    let target = (leader + 1) % 3;
+    let mut foreign = ClusterSpec::local(ServerKind::Keel, 3).expect("ports");
+    foreign.token = "another-cluster".to_string();
+    foreign.members[2].advertise_peer_url = cluster.members[target].spec.advertise_peer_url.clone();
+    let mut stray = Cluster::spawn(foreign).expect("foreign cluster");
+    stray.kill9(2).expect("the foreign twin stays down");
+    stray.wait_leader(Duration::from_secs(10)).await.expect("the foreign cluster has a leader");
+    tokio::time::sleep(5 * ELECTION_TIMEOUT).await;
+    for i in [leader, target] {
+        let after = cluster.status(i).await.expect("our members still answer");
+        assert_eq!((after.raft_term, after.errors.len()), (term, 0), "member {i} undisturbed");
+    }
+    assert_eq!(cluster.wait_leader(Duration::from_secs(1)).await.expect("leader"), leader);
+}

@@ -33,13 +33,35 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A raft snapshot is the whole database in one message.
 pub const MAX_PEER_MESSAGE: usize = usize::MAX;
 
+/// Metadata naming the sender's cluster on every peer call (etcd's `X-Etcd-Cluster-ID`): a member
+/// of another cluster that happens to dial our peer URL (a stale process, a reused port) is
+/// refused instead of being taken for our leader.
+pub const CLUSTER_ID_HEADER: &str = "keel-cluster-id";
+
 /// One tonic channel per peer URL, shared by raft replication and by calls to the leader.
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// This member's cluster id, sent with every call once known (0 before: a joining member's
+    /// first question is which cluster it joins).
+    cluster_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PeerChannels {
+    pub fn set_cluster_id(&self, id: u64) {
+        self.cluster_id.store(id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `payload` as a request carrying this member's cluster id.
+    pub fn request(&self, payload: Payload) -> tonic::Request<Payload> {
+        let mut request = tonic::Request::new(payload);
+        let id = self.cluster_id.load(std::sync::atomic::Ordering::Relaxed);
+        if let Ok(value) = format!("{id:x}").parse() {
+            request.metadata_mut().insert(CLUSTER_ID_HEADER, value);
+        }
+        request
+    }
+
     /// A client for the member described by `node` (its first peer URL, as etcd dials its first).
     pub fn client(&self, node: &PeerNode) -> Result<PeerClient<Channel>, String> {
         let url = node.peer_urls.first().ok_or_else(|| format!("member {} has no peer URL", node.name))?;
@@ -90,13 +112,14 @@ pub struct PeerNetwork {
 pub struct PeerConnection {
     target: u64,
     client: Result<PeerClient<Channel>, String>,
+    channels: PeerChannels,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerConnection {
-        PeerConnection { target, client: self.channels.client(node) }
+        PeerConnection { target, client: self.channels.client(node), channels: self.channels.clone() }
     }
 }
 
@@ -140,7 +163,7 @@ impl PeerConnection {
     ) -> Result<Resp, CallError> {
         let target = self.target;
         let client = self.client.as_mut().map_err(|e| CallError::Unreachable(e.clone()))?;
-        let mut request = tonic::Request::new(encode(req));
+        let mut request = self.channels.request(encode(req));
         request.set_timeout(ttl);
         let sent = async {
             match method {
@@ -153,7 +176,9 @@ impl PeerConnection {
         };
         let answer = match tokio::time::timeout(ttl, sent).await {
             Err(_) => return Err(CallError::Network(format!("member {target:x}: timed out after {ttl:?}"))),
-            Ok(Err(status)) if not_delivered(&status) => {
+            // Not delivered, or refused as coming from another cluster: either way, nobody there
+            // to replicate to; back off.
+            Ok(Err(status)) if not_delivered(&status) || status.code() == tonic::Code::FailedPrecondition => {
                 return Err(CallError::Unreachable(format!("member {target:x}: {}", status.message())))
             }
             Ok(Err(status)) => return Err(CallError::Network(format!("member {target:x}: {}", status.message()))),
