@@ -87,6 +87,8 @@ pub enum Error {
     LearnerNotReady,
     #[error("too many learner members in cluster")]
     TooManyLearners,
+    #[error("rpc not supported for learner")]
+    NotSupportedForLearner,
     #[error("bad leader transferee")]
     BadLeaderTransferee,
     #[error("request timed out, leader transfer took too long")]

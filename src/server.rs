@@ -128,6 +128,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
                 crate::api::status::rewrite_transport_status(resp.headers_mut());
                 resp
             }))
+            .layer(crate::api::learner::LearnerGuard::layer(serving_node.clone()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;

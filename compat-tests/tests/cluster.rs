@@ -302,14 +302,19 @@ async fn restarted_member_catches_up_through_a_raft_snapshot() {
 
 #[tokio::test]
 async fn a_learner_joins_catches_up_and_is_promoted() {
-    let mut cluster = Cluster::start(ClusterSpec::local(ServerKind::Keel, 3).expect("ports")).await.expect("cluster");
+    // The same steps on etcd prove the expectations.
+    tokio::join!(learner_joins(ServerKind::Etcd), learner_joins(ServerKind::Keel));
+}
+
+async fn learner_joins(kind: ServerKind) {
+    let mut cluster = Cluster::start(ClusterSpec::local(kind, 3).expect("ports")).await.expect("cluster");
     let mut kv = cluster.kv(0).await.expect("client");
     for n in 0..10 {
         kv.put(PutRequest { key: format!("j{n}").into_bytes(), value: b"v".to_vec(), ..Default::default() })
             .await
             .expect("put");
     }
-    let spare = ClusterSpec::local(ServerKind::Keel, 1).expect("ports").members.remove(0);
+    let spare = ClusterSpec::local(kind, 1).expect("ports").members.remove(0);
     let joiner = MemberSpec { name: "m3".to_string(), ..spare };
     let endpoints = cluster.endpoints();
     let add = Cmd { args: vec![], stdin: None, mask: Mask::Standard };
@@ -320,8 +325,16 @@ async fn a_learner_joins_catches_up_and_is_promoted() {
             .collect(),
         ..add
     };
-    let out = run_cmd_at(&endpoints, &add).await.expect("member add");
-    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    // etcd refuses changes until its members have been connected for 5 s ("unhealthy cluster").
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = run_cmd_at(&endpoints, &add).await.expect("member add");
+        if out.exit_code == Some(0) || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(out.exit_code, Some(0), "{kind}: {out:?}");
     let id = added_id(&out);
     let i = cluster.join(joiner).await.expect("join");
     // A learner serves serializable reads of the replicated data.
@@ -332,11 +345,23 @@ async fn a_learner_joins_catches_up_and_is_promoted() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "the learner did not catch up");
+        assert!(Instant::now() < deadline, "{kind}: the learner did not catch up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // etcd's learner serves Status and serializable reads only.
+    let status = cluster.status(i).await.expect("status on a learner");
+    assert!(status.is_learner, "{kind}: Status says learner");
+    let mut kv = cluster.kv(i).await.expect("client");
+    let put = kv.put(PutRequest { key: b"x".to_vec(), ..Default::default() }).await.expect_err("put on a learner");
+    let read = kv.range(RangeRequest { key: b"x".to_vec(), ..Default::default() }).await.expect_err("linearizable");
+    for refused in [put, read] {
+        assert_eq!(
+            (refused.code(), refused.message()),
+            (tonic::Code::Unavailable, "etcdserver: rpc not supported for learner")
+        );
+    }
     let promote = run_cmd_at(&endpoints, &cmd(&format!("member promote {id}"))).await.expect("promote");
-    assert_eq!(promote.exit_code, Some(0), "{promote:?}");
+    assert_eq!(promote.exit_code, Some(0), "{kind}: {promote:?}");
     let list = run_cmd_at(&endpoints, &cmd("member list")).await.expect("list");
     let line = list.stdout.lines().find(|l| l.starts_with(&id)).expect("the new member is listed").to_string();
     assert!(line.ends_with(", false"), "promoted, not a learner: {line}");

@@ -35,6 +35,10 @@ fn unexpected(what: &str) -> Status {
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
+        // A learner serves only serializable reads (the route itself passed `api/learner.rs`).
+        if !req.serializable && self.node.is_learner() {
+            return Err(to_status(crate::api::learner::refused()));
+        }
         validate::range(&req).map_err(to_status)?;
         let result = read::range(&self.node, &req).await.map_err(to_status)?;
         Ok(Response::new(RangeResponse {

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod header;
 pub mod health;
 pub mod kv;
+pub mod learner;
 pub mod lease;
 pub mod maintenance;
 pub mod pending;
