@@ -89,6 +89,8 @@ pub enum Error {
     TooManyLearners,
     #[error("rpc not supported for learner")]
     NotSupportedForLearner,
+    #[error("unhealthy cluster")]
+    Unhealthy,
     #[error("bad leader transferee")]
     BadLeaderTransferee,
     #[error("request timed out, leader transfer took too long")]
@@ -130,6 +132,7 @@ impl Error {
             Error::MemberNotLearner,
             Error::LearnerNotReady,
             Error::TooManyLearners,
+            Error::Unhealthy,
             Error::BadLeaderTransferee,
             Error::LeaderTransferTimeout,
         ];

@@ -131,6 +131,9 @@ async fn change_once(
             if !is_learner && !ready_to_add_voter(&current) {
                 return Err(Error::MemberNotEnoughStarted.into());
             }
+            if !connected_to_all_voters(node, &current) {
+                return Err(Error::Unhealthy.into());
+            }
             let id = new_member_id(peer_urls);
             if current.iter().any(|m| m.id == id) {
                 return Err(Error::MemberExists.into());
@@ -147,6 +150,9 @@ async fn change_once(
             } else {
                 if !ready_to_remove_voter(&current, *id) {
                     return Err(Error::MemberNotEnoughStarted.into());
+                }
+                if !healthy_without(node, &current, *id) {
+                    return Err(Error::Unhealthy.into());
                 }
                 (*id, ChangeMembers::RemoveVoters(BTreeSet::from([*id])))
             }
@@ -218,6 +224,30 @@ fn check_urls_unused(current: &[MemberInfo], urls: &[String], except: Option<u64
         return Err(Error::PeerUrlExists);
     }
     Ok(())
+}
+
+/// etcd's `HealthInterval`: a peer counts as connected once it has been reachable this long.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the leader has reached voter `id` (itself included) for the last `HEALTH_INTERVAL`.
+fn connected(node: &Node, id: u64) -> bool {
+    id == node.member_id || node.peer_channels.active_since(id).is_some_and(|t| t.elapsed() >= HEALTH_INTERVAL)
+}
+
+/// etcd's `isConnectedFullySince` before adding a member: every voter connected for 5 s.
+fn connected_to_all_voters(node: &Node, current: &[MemberInfo]) -> bool {
+    current.iter().filter(|m| !m.is_learner).all(|m| connected(node, m.id))
+}
+
+/// etcd's `mayRemoveMember`: removing a voter that is down is always allowed; otherwise the voters
+/// still connected after the removal must be a quorum of the rest.
+fn healthy_without(node: &Node, current: &[MemberInfo], removed: u64) -> bool {
+    if removed != node.member_id && node.peer_channels.active_since(removed).is_none() {
+        return true;
+    }
+    let voters: Vec<&MemberInfo> = current.iter().filter(|m| !m.is_learner).collect();
+    let active = voters.iter().filter(|m| connected(node, m.id)).count();
+    active.saturating_sub(1) >= quorum(voters.len().saturating_sub(1))
 }
 
 /// A majority of `voters`.

@@ -46,6 +46,7 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
             (Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader")
         }
         Error::TooManyLearners => (Code::FailedPrecondition, "etcdserver: too many learner members in cluster"),
+        Error::Unhealthy => (Code::Unavailable, "etcdserver: unhealthy cluster"),
         Error::NotSupportedForLearner => (Code::Unavailable, "etcdserver: rpc not supported for learner"),
         Error::BadLeaderTransferee => (Code::FailedPrecondition, "etcdserver: bad leader transferee"),
         // etcd returns this one unmapped, so clients see code Unknown.

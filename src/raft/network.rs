@@ -45,9 +45,26 @@ pub struct PeerChannels {
     /// This member's cluster id, sent with every call once known (0 before: a joining member's
     /// first question is which cluster it joins).
     cluster_id: Arc<std::sync::atomic::AtomicU64>,
+    /// Since when each peer has answered raft calls without a failure (etcd's transport
+    /// `ActiveSince`), for the health checks of membership changes.
+    active: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
 }
 
 impl PeerChannels {
+    /// Since when member `id` has been reachable without interruption, if it is now.
+    pub fn active_since(&self, id: u64) -> Option<std::time::Instant> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
+    }
+
+    fn record(&self, id: u64, reached: bool) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if reached {
+            active.entry(id).or_insert_with(std::time::Instant::now);
+        } else {
+            active.remove(&id);
+        }
+    }
+
     pub fn set_cluster_id(&self, id: u64) {
         self.cluster_id.store(id, std::sync::atomic::Ordering::Relaxed);
     }
@@ -174,7 +191,9 @@ impl PeerConnection {
                 Method::Transfer => client.transfer_leader(request).await,
             }
         };
-        let answer = match tokio::time::timeout(ttl, sent).await {
+        let answered = tokio::time::timeout(ttl, sent).await;
+        self.channels.record(target, matches!(answered, Ok(Ok(_))));
+        let answer = match answered {
             Err(_) => return Err(CallError::Network(format!("member {target:x}: timed out after {ttl:?}"))),
             // Not delivered, or refused as coming from another cluster: either way, nobody there
             // to replicate to; back off.
