@@ -36,11 +36,19 @@ pub async fn write_here(node: &Node, command: RaftCommand) -> Result<CommandResu
     if status.last_index > status.applied_index + MAX_APPLY_LAG {
         return Err(Error::TooManyRequests);
     }
+    let grant = matches!(command.request, Request::LeaseGrant(_));
     let written = tokio::time::timeout(node.limits.request_timeout, node.raft.client_write(command)).await;
     match written {
         Err(_) => Err(Error::Timeout),
         Ok(Err(e)) => Err(map_write_error(e)),
-        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Ok(resp)) => {
+            if grant {
+                // Start the new lease's clock on the leader now, wherever the grant came from,
+                // so TimeToLive right after says 59 for a 60 s lease, as etcd's does.
+                node.leases.grant_applied();
+            }
+            Ok(resp.data)
+        }
     }
 }
 

@@ -60,7 +60,6 @@ impl Lease for LeaseService {
         req.ttl = req.ttl.max(self.node.leases.min_ttl());
         match propose::propose(&self.node, Cmd::LeaseGrant(req)).await.map_err(to_status)? {
             (Applied::LeaseGrant(mut resp), _) => {
-                self.node.leases.grant_applied();
                 resp.header = Some(header::complete(&self.node, resp.header));
                 Ok(Response::new(resp))
             }
