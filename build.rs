@@ -1,4 +1,5 @@
-//! Build script: compiles etcd 3.5's wire API (`proto/`) into Rust with prost + tonic,
+//! Build script: compiles etcd 3.5's wire API (`proto/`) and Keel's own peer service
+//! (`proto/keelpeer`) into Rust with prost + tonic,
 //! generating both servers (what Keel serves) and clients (what tests and benches use).
 
 use std::error::Error;
@@ -13,6 +14,7 @@ const PROTOS: &[&str] = &[
     "proto/v3lockpb/v3lock.proto",
     "proto/v3electionpb/v3election.proto",
     "proto/grpc/health/v1/health.proto",
+    "proto/keelpeer/peer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

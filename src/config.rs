@@ -43,6 +43,8 @@ const DEFAULT_CLUSTER_TOKEN: &str = "etcd-cluster";
 const DEFAULT_MAX_REQUEST_BYTES: u64 = 1572864;
 const DEFAULT_MAX_TXN_OPS: u64 = 128;
 const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
+/// etcd's `DefaultSnapshotCatchUpEntries`.
+const DEFAULT_SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
 const DEFAULT_HEARTBEAT_MS: u64 = 100;
 const DEFAULT_ELECTION_MS: u64 = 1000;
 const DEFAULT_PROGRESS_NOTIFY: Duration = Duration::from_secs(10 * 60);
@@ -120,7 +122,6 @@ pub const IGNORED_ETCD_FLAGS: &[(&str, FlagArity)] = {
         ("experimental-initial-corrupt-check", Bool),
         ("experimental-memory-mlock", Bool),
         ("experimental-peer-skip-client-san-verification", Bool),
-        ("experimental-snapshot-catchup-entries", Value),
         ("experimental-stop-grpc-service-on-defrag", Bool),
         ("experimental-txn-mode-write-with-shared-buffer", Bool),
         ("experimental-warning-apply-duration", Value),
@@ -287,6 +288,12 @@ const KEEL_FLAGS: &[KeelFlag] = &[
          disables the quota)",
     ),
     flag("snapshot-count", Kind::Uint, "100000", "Number of committed entries that triggers a snapshot"),
+    flag(
+        "experimental-snapshot-catchup-entries",
+        Kind::Uint,
+        "5000",
+        "Number of entries for a slow follower to catch-up after compacting the raft storage entries",
+    ),
     flag("heartbeat-interval", Kind::Uint, "100", "Time (in milliseconds) of a heartbeat interval"),
     flag("election-timeout", Kind::Uint, "1000", "Time (in milliseconds) for an election to time out"),
     flag("log-level", Kind::Str, "info", "Log level: debug, info, warn or error"),
@@ -568,6 +575,8 @@ pub struct Config {
     pub quota_backend_bytes: i64,
     /// A given 0 is replaced by the default, as etcd's server does.
     pub snapshot_count: u64,
+    /// Log entries kept behind a raft snapshot for slow followers (`--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub log_level: LogLevel,
@@ -656,6 +665,7 @@ impl Default for Config {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             quota_backend_bytes: 0,
             snapshot_count: DEFAULT_SNAPSHOT_COUNT,
+            snapshot_catchup_entries: DEFAULT_SNAPSHOT_CATCHUP_ENTRIES,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_MS,
             election_timeout_ms: DEFAULT_ELECTION_MS,
             log_level: LogLevel::Info,
@@ -1306,6 +1316,9 @@ fn build(settings: &Settings, warnings: &mut Vec<String>) -> Result<Config, Conf
             n => n,
         };
     }
+    if let Some(s) = get("experimental-snapshot-catchup-entries") {
+        config.snapshot_catchup_entries = uint(s, "experimental-snapshot-catchup-entries")?;
+    }
     if let Some(s) = get("heartbeat-interval") {
         config.heartbeat_interval_ms = uint(s, "heartbeat-interval")?;
     }
@@ -1700,7 +1713,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), count, "a flag is listed twice");
-        assert_eq!(IGNORED_ETCD_FLAGS.len(), 101);
+        assert_eq!(IGNORED_ETCD_FLAGS.len(), 100);
         assert!(VERSION_TEXT.ends_with(ETCD_API_VERSION));
     }
 
@@ -1825,6 +1838,7 @@ mod tests {
             case(vec![("max-txn-ops", "1000")], |c| assert_eq!(c.max_txn_ops, 1000)),
             case(vec![("quota-backend-bytes", "4294967296")], |c| assert_eq!(c.effective_quota(), 4294967296)),
             case(vec![("snapshot-count", "5000")], |c| assert_eq!(c.snapshot_count, 5000)),
+            case(vec![("experimental-snapshot-catchup-entries", "10")], |c| assert_eq!(c.snapshot_catchup_entries, 10)),
             case(vec![("heartbeat-interval", "150")], |c| {
                 assert_eq!(c.heartbeat_interval(), Duration::from_millis(150))
             }),

@@ -76,6 +76,38 @@ pub enum Error {
     Stopped,
     #[error("corrupt cluster")]
     Corrupt,
+    #[error("request timed out, possibly due to connection lost")]
+    TimeoutConnectionLost,
+    /// A proposal made while there is no leader: etcd's raft blocks it until the request timeout
+    /// and the handler returns the bare context error (an etcd quirk: not `request timed out`).
+    #[error("context deadline exceeded")]
+    ProposalDeadline,
+
+    // --- membership (etcd's membership errors behind `Cluster`, `MoveLeader`) ---
+    #[error("member ID already exist")]
+    MemberExists,
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    #[error("given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
+    #[error("rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("unhealthy cluster")]
+    Unhealthy,
+    #[error("bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
 
     // --- downgrade (etcd's `Downgrade` RPC) ---
     #[error("wrong downgrade target version format")]
@@ -100,6 +132,39 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The error whose text is `text`, for errors that crossed a boundary as text (a batched read
+    /// round, an answer from the leader): the server and membership errors come back as
+    /// themselves, anything else as `Internal`.
+    pub fn from_text(text: &str) -> Error {
+        let known = [
+            Error::TooManyRequests,
+            Error::NoLeader,
+            Error::NotLeader,
+            Error::LeaderChanged,
+            Error::Timeout,
+            Error::TimeoutConnectionLost,
+            Error::ProposalDeadline,
+            Error::Stopped,
+            Error::Corrupt,
+            Error::RequestTooLarge,
+            Error::LeaseNotFound,
+            Error::MemberExists,
+            Error::PeerUrlExists,
+            Error::MemberNotEnoughStarted,
+            Error::MemberBadUrls,
+            Error::MemberNotFound,
+            Error::MemberNotLearner,
+            Error::LearnerNotReady,
+            Error::TooManyLearners,
+            Error::Unhealthy,
+            Error::BadLeaderTransferee,
+            Error::LeaderTransferTimeout,
+        ];
+        known.into_iter().find(|e| e.to_string() == text).unwrap_or_else(|| Error::Internal(text.to_string()))
+    }
+}
 
 /// etcd's auth errors (server/auth/store.go), with etcd's own `auth: ...` text. Most reach clients
 /// translated to their `etcdserver: ...` form by `api/status.rs`; a few calls (Maintenance's admin
@@ -252,4 +317,19 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
     Verifier(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_that_cross_members_as_text_come_back_as_themselves() {
+        for e in [Error::NotLeader, Error::MemberNotFound, Error::LearnerNotReady, Error::ProposalDeadline] {
+            let text = e.to_string();
+            assert_eq!(Error::from_text(&text).to_string(), text);
+            assert!(!matches!(Error::from_text(&text), Error::Internal(_)), "{text} came back as Internal");
+        }
+        assert!(matches!(Error::from_text("disk on fire"), Error::Internal(m) if m == "disk on fire"));
+    }
 }

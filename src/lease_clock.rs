@@ -217,8 +217,9 @@ impl LeaseClock {
         at
     }
 
-    /// A grant proposed here was applied: start its clock now rather than at the task's next
-    /// look, so TimeToLive right after the grant says 59 for a 60 s lease, as etcd's does.
+    /// A grant this leader proposed (for itself or for a follower) was applied: start its clock
+    /// now rather than at the task's next look, so TimeToLive right after the grant says 59 for a
+    /// 60 s lease, as etcd's does.
     pub fn grant_applied(&self) {
         self.absorb(Instant::now());
     }

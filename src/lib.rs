@@ -9,6 +9,11 @@
 //! hub (`watch`), which feeds synced watchers at once and lets the others catch up from `mvcc`
 //! history; `api/watch.rs` serves the streams.
 //!
+//! Clusters: members reach each other over the peer service (`raft/network.rs` client,
+//! `raft/peer_service.rs` server); a follower hands what only the leader can do (writes, read
+//! indexes, keep-alives, membership changes) to it through `forward`; `membership` maps etcd's
+//! member operations onto openraft's replicated membership.
+//!
 //! Leases: `apply` keeps the replicated lease state in `lease` (the lessor: TTLs, checkpoints,
 //! attached keys); the leader's `lease_clock` holds the deadlines, answers keep-alives without
 //! raft and proposes revokes and remaining-TTL checkpoints through `propose`.
@@ -26,8 +31,10 @@ pub mod auth;
 pub mod auto_compact;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod lease;
 pub mod lease_clock;
+pub mod membership;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;

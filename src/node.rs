@@ -16,7 +16,7 @@ use crate::raft::types::Raft;
 use crate::storage::{Engine, SizeInfo};
 
 /// One member as etcd's Cluster API reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemberInfo {
     pub id: u64,
     pub name: String,
@@ -44,7 +44,6 @@ pub struct Node {
     pub member_id: u64,
     pub cluster_id: u64,
     pub name: String,
-    pub members: Vec<MemberInfo>,
     pub limits: Limits,
     pub raft: Raft,
     pub applier: Arc<Applier>,
@@ -57,11 +56,55 @@ pub struct Node {
     /// Set once the member is asked to stop: calls that may wait without end (Lock, Campaign,
     /// Observe) end then, or the graceful stop, which waits for every call, would wait for them.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Connections to the other members (raft replication shares them).
+    pub peer_channels: crate::raft::network::PeerChannels,
+    /// When the leader last reached this member (a follower's view of its leader's liveness).
+    pub leader_contact: LeaderContact,
+}
+
+/// The last time an append (or heartbeat) or snapshot from the leader was accepted here.
+///
+/// etcd forgets its leader the moment it starts a (pre-)election, an election timeout after the
+/// leader went quiet, so `no leader` errors and Status report it. openraft keeps naming the old
+/// leader while pre-votes fail (its vote does not change), so a follower decides for itself:
+/// a leader not heard from for 1.5 election timeouts is none (and a leader no quorum answered
+/// for as long reports none either, see `raft_status`).
+#[derive(Default)]
+pub struct LeaderContact(Mutex<Option<Instant>>);
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn within(&self, limit: Duration) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|at| at.elapsed() <= limit)
+    }
 }
 
 impl Node {
     pub fn next_request_id(&self) -> u64 {
         self.request_ids.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The member list: openraft's replicated membership.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        crate::membership::members(self)
+    }
+
+    /// How to reach member `id`, if it is one.
+    pub fn peer_node(&self, id: u64) -> Option<crate::raft::types::PeerNode> {
+        let metrics = self.raft.metrics();
+        let stored = metrics.borrow_watched().membership_config.clone();
+        stored.membership().get_node(&id).cloned()
+    }
+
+    /// Whether this member is a learner (not a voter) in the membership it knows.
+    pub fn is_learner(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let stored = metrics.borrow_watched().membership_config.clone();
+        let voter = stored.membership().voter_ids().any(|id| id == self.member_id);
+        !voter && stored.membership().get_node(&self.member_id).is_some()
     }
 
     pub fn mvcc(&self) -> Arc<MvccStore> {
@@ -90,10 +133,21 @@ impl Node {
     pub fn raft_status(&self) -> RaftStatus {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
+        let is_leader = m.state == ServerState::Leader;
+        let silence = self.limits.election_timeout * 3 / 2;
+        let leader = if is_leader {
+            // etcd's leader steps down (CheckQuorum) once a quorum has not answered for an
+            // election timeout; openraft's keeps leading alone. Report it leaderless meanwhile.
+            let alone = m.membership_config.membership().voter_ids().nth(1).is_none();
+            let acked = m.last_quorum_acked.as_ref().is_some_and(|at| openraft::Instant::elapsed(&**at) <= silence);
+            m.current_leader.filter(|_| alone || acked)
+        } else {
+            m.current_leader.filter(|_| self.leader_contact.within(silence))
+        };
         RaftStatus {
             term: m.current_term,
-            leader: m.current_leader,
-            is_leader: m.state == ServerState::Leader,
+            leader,
+            is_leader,
             last_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
         }
@@ -107,7 +161,7 @@ impl Node {
         use crate::snapshot::{ExportInfo, ExportMember};
         let raft = self.raft_status();
         let members = self
-            .members
+            .members()
             .iter()
             .map(|m| ExportMember {
                 id: m.id,

@@ -1,18 +1,21 @@
-//! The write path before the log: wrap a validated request in the one raft command, propose it,
-//! and wait for its applied result — within etcd's request timeout and size limit.
+//! The write path before the log: wrap a validated request in the one raft command, have the
+//! leader propose it (this member, or the leader it is forwarded to by `forward`), and wait for its
+//! applied result — within etcd's request timeout and size limit.
 
 use openraft::error::{ClientWriteError, RaftError};
 
-use crate::apply::command::{CommandHeader, RaftCommand, Request, Response};
+use crate::apply::command::{CommandHeader, CommandResult, RaftCommand, Request, Response};
 use crate::auth::AuthInfo;
 use crate::error::{Error, Result};
+use crate::forward::{call_leader, proposal_timed_out, unexpected, LeaderAnswer, LeaderCall};
 use crate::node::Node;
 
 /// etcd refuses new proposals while apply lags this far behind commit (`etcdserver: too many requests`).
 const MAX_APPLY_LAG: u64 = 5000;
 
 /// Propose `request` through raft and return what apply made of it, with the command id (used to
-/// find side results such as a physical compaction's progress).
+/// find side results such as a physical compaction's progress: every member applies the command,
+/// so the id is found here even when the leader proposed it).
 pub async fn propose(node: &Node, request: Request) -> Result<(Response, u64)> {
     propose_as(node, request, None).await
 }
@@ -35,26 +38,46 @@ pub async fn propose_as(node: &Node, request: Request, user: Option<&AuthInfo>) 
     if command.encoded_len() > node.limits.max_request_bytes {
         return Err(Error::RequestTooLarge);
     }
+    match call_leader(node, LeaderCall::Write(command), node.limits.request_timeout)
+        .await
+        .map_err(proposal_timed_out)?
+    {
+        LeaderAnswer::Written(result) => Ok((result.outcome.map_err(Error::from)?, id)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Propose on this member, which must lead, and wait for the applied result.
+pub async fn write_here(node: &Node, command: RaftCommand) -> Result<CommandResult> {
     let status = node.raft_status();
     if status.last_index > status.applied_index + MAX_APPLY_LAG {
         return Err(Error::TooManyRequests);
     }
+    let grant = matches!(command.request, Request::LeaseGrant(_));
     let pending = crate::metrics::PendingProposal::start();
     let written = tokio::time::timeout(node.limits.request_timeout, node.raft.client_write(command)).await;
     drop(pending);
     let written = match written {
         Err(_) => Err(Error::Timeout),
         Ok(Err(e)) => Err(map_write_error(e)),
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => {
+            if grant {
+                // Start the new lease's clock on the leader now, wherever the grant came from,
+                // so TimeToLive right after says 59 for a 60 s lease, as etcd's does.
+                node.leases.grant_applied();
+            }
+            Ok(resp.data)
+        }
     };
     // etcd's proposals_failed_total counts proposals raft did not commit in time, not apply results.
     if written.is_err() {
         crate::metrics::PROPOSALS_FAILED.inc();
     }
-    Ok((written?.data.outcome.map_err(Error::from)?, id))
+    written
 }
 
-fn map_write_error(
+/// openraft's refusal, as the error `forward` knows to retry at the new leader.
+pub fn map_write_error(
     e: RaftError<crate::raft::types::TypeConfig, ClientWriteError<crate::raft::types::TypeConfig>>,
 ) -> Error {
     match e {

@@ -45,6 +45,12 @@ pub mod health {
     tonic::include_proto!("grpc.health.v1");
 }
 
+/// Keel's member-to-member service (raft transport, forwarding to the leader); not etcd's.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod keelpeer {
+    tonic::include_proto!("keelpeer");
+}
+
 // Pins the wire format: a wrong field number would silently break real etcd clients.
 #[cfg(test)]
 mod tests {

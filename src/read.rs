@@ -1,14 +1,18 @@
-//! The read path: a linearizable read first confirms leadership and waits for apply to catch up
-//! (etcd's ReadIndex); a serializable read answers from local state at once.
+//! The read path: a linearizable read first gets a read index from the leader (which confirms its
+//! leadership with a quorum; asked over the peer service when this member follows) and waits until
+//! this member has applied that far (etcd's ReadIndex); a serializable read answers from local
+//! state at once.
 
 use std::sync::{Arc, Mutex};
 
 use openraft::error::{LinearizableReadError, RaftError};
+use openraft::metrics::WaitError;
 use openraft::ReadPolicy;
 use tokio::sync::oneshot;
 
 use crate::auth::AuthInfo;
 use crate::error::{AuthError, Error, Result};
+use crate::forward::{call_leader, timed_out, unexpected, LeaderAnswer, LeaderCall};
 use crate::mvcc::RangeResult;
 use crate::node::Node;
 use crate::proto::authpb::permission::Type as PermType;
@@ -68,28 +72,35 @@ pub async fn linearizable_barrier(node: &Arc<Node>) -> Result<()> {
     }
     match rx.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(message)) => Err(round_error(&message)),
+        // Errors cross the batch as text (Error is not Clone).
+        Ok(Err(message)) => Err(Error::from_text(&message)),
         Err(_) => Err(Error::Stopped),
     }
 }
 
-/// Errors cross the batch as text (Error is not Clone); map them back to the variants a round ends in.
-fn round_error(message: &str) -> Error {
-    for known in [Error::Timeout, Error::NoLeader, Error::NotLeader, Error::Stopped] {
-        if known.to_string() == message {
-            return known;
-        }
-    }
-    Error::Internal(message.to_string())
+/// One read-index round: the leader's read index, then wait until apply has caught up with it.
+async fn read_index_round(node: &Node) -> Result<()> {
+    let started = std::time::Instant::now();
+    let index = match call_leader(node, LeaderCall::ReadIndex, node.limits.request_timeout).await.map_err(timed_out)? {
+        LeaderAnswer::ReadIndex(index) => index,
+        other => return Err(unexpected(&other)),
+    };
+    let left = node.limits.request_timeout.saturating_sub(started.elapsed());
+    node.raft.wait(Some(left)).applied_index_at_least(Some(index), "read index").await.map_err(|e| match e {
+        WaitError::Timeout(..) => Error::Timeout,
+        WaitError::ShuttingDown => Error::Stopped,
+    })?;
+    Ok(())
 }
 
-/// One read-index round: confirm leadership with a quorum and wait until apply has caught up.
-async fn read_index_round(node: &Node) -> Result<()> {
+/// The leader's half of a read-index round: confirm leadership with a quorum and return the log
+/// index through which reads must see the state applied.
+pub async fn read_index_here(node: &Node) -> Result<u64> {
     let read =
-        tokio::time::timeout(node.limits.request_timeout, node.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+        tokio::time::timeout(node.limits.request_timeout, node.raft.get_read_linearizer(ReadPolicy::ReadIndex)).await;
     match read {
         Err(_) => Err(Error::Timeout),
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
         Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => match f.leader_id {
             None => Err(Error::NoLeader),
             Some(_) => Err(Error::NotLeader),

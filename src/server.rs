@@ -1,5 +1,7 @@
-//! Boot and graceful shutdown (mini-redis style `run(config, shutdown)`): open storage, start raft,
-//! mount the services on every client listener, serve until `shutdown` resolves.
+//! Boot and graceful shutdown (mini-redis style `run(config, shutdown)`): learn this member's ids
+//! (computed for a new cluster, asked of the cluster when joining, stored for restarts), open
+//! storage, start raft and the peer service, wait for a leader, publish this member's name and
+//! client URLs, mount the services on every client listener, serve until `shutdown` resolves.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -9,12 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::StreamExt;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::apply::applier::Applier;
-use crate::config::Config;
+use crate::config::{ClusterState, Config};
 use crate::lease_clock::{LeaseClock, LeaseSettings};
+use crate::membership::MemberChange;
 use crate::node::{self, Limits, MemberInfo, Node};
+use crate::raft::network::{PeerChannels, PeerNetwork};
 use crate::raft::types::PeerNode;
 use crate::raft::{self, RaftSettings};
 
@@ -49,26 +55,15 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let client_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let metrics_listeners = bind_all(&config.metrics_listen_addrs()).await?;
     let metrics_addrs: Vec<SocketAddr> = metrics_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-
-    let token = config.initial_cluster_token.clone();
-    let mut members = Vec::new();
-    for (name, peer_urls) in config.initial_cluster_members() {
-        let id = node::member_id(&peer_urls, &token);
-        let client_urls = if name == config.name {
-            config.advertise_client_urls.iter().map(|u| u.to_string()).collect()
-        } else {
-            Vec::new()
-        };
-        members.push(MemberInfo { id, name, peer_urls, client_urls, is_learner: false });
-    }
-    let me = members
-        .iter()
-        .find(|m| m.name == config.name)
-        .cloned()
-        .with_context(|| format!("--name {} is not in --initial-cluster", config.name))?;
-    let cluster_id = node::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
+    // Peers must reach raft before this member can take part in an election, so the peer port is
+    // bound (and served, below) before waiting for a leader.
+    let peer_listeners = bind_all(&config.peer_listen_addrs()).await?;
 
     let data_dir = PathBuf::from(&config.data_dir);
+    let channels = PeerChannels::default();
+    let boot = identity(&config, &data_dir, &channels).await?;
+    channels.set_cluster_id(boot.cluster_id);
+
     let kind: crate::storage::EngineKind = config.storage_engine.as_str().parse()?;
     let engine = crate::storage::open(kind, &data_dir.join("member").join("db"))
         .with_context(|| format!("open storage in {}", data_dir.display()))?;
@@ -78,18 +73,16 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
             .context("--auth-token")?;
     applier.auth().configure(tokens, config.bcrypt_cost);
 
-    let peer = |m: &MemberInfo| PeerNode {
-        name: m.name.clone(),
-        peer_urls: m.peer_urls.clone(),
-        client_urls: m.client_urls.clone(),
-    };
-    let initial: BTreeMap<u64, PeerNode> = members.iter().map(|m| (m.id, peer(m))).collect();
     let settings = RaftSettings {
         heartbeat: config.heartbeat_interval(),
         election_timeout: config.election_timeout(),
         snapshot_count: config.snapshot_count,
+        catchup_entries: config.snapshot_catchup_entries,
     };
-    let (raft, log_store) = raft::start(me.id, peer(&me), initial, &data_dir, applier.clone(), &settings).await?;
+    let network = PeerNetwork { channels: channels.clone() };
+    let (raft, log_store) =
+        raft::start(boot.member_id, boot.bootstrap, &data_dir, applier.clone(), network, &settings).await?;
+    let (member_id, cluster_id) = (boot.member_id, boot.cluster_id);
 
     let limits = Limits {
         max_request_bytes: config.max_request_bytes as usize,
@@ -102,10 +95,9 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let lease_settings = LeaseSettings::new(config.heartbeat_interval(), config.election_timeout());
     let leases = Arc::new(LeaseClock::new(applier.lessor().clone(), lease_settings));
     let node = Arc::new(Node {
-        member_id: me.id,
+        member_id,
         cluster_id,
         name: config.name.clone(),
-        members,
         limits,
         raft,
         applier,
@@ -115,9 +107,16 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         read_batcher: Default::default(),
         leases,
         stopping: tokio::sync::watch::channel(false).0,
+        peer_channels: channels,
+        leader_contact: Default::default(),
     });
     crate::metrics::watch_leader_changes(&node);
-    wait_for_leader(&node, Duration::from_secs(30)).await?;
+    let peers = spawn_peer_server(node.clone(), peer_listeners);
+    // A single member elects itself at once; a member of a larger cluster waits for its peers as
+    // long as it takes, as etcd does.
+    let patience = if config.initial_cluster.len() > 1 || boot.joining { None } else { Some(Duration::from_secs(30)) };
+    wait_for_leader(&node, patience).await?;
+    publish(&node, &config).await;
     // Lease expiry is the leader's job; the task follows leadership from here on.
     node.leases.start(node.clone());
 
@@ -151,6 +150,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(crate::api::learner::LearnerGuard::layer(serving_node.clone()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
@@ -158,12 +158,13 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
             metrics_task.abort();
         }
         let stopped = shut_down(&serving_node).await;
+        peers.abort();
         served.context("serve clients")?;
         stopped
     });
     tracing::info!(
         name = %config.name,
-        member_id = %format!("{:x}", me.id),
+        member_id = %format!("{member_id:x}"),
         cluster_id = %format!("{cluster_id:x}"),
         addrs = ?client_addrs,
         metrics_addrs = ?metrics_addrs,
@@ -180,15 +181,182 @@ async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
     Ok(out)
 }
 
-async fn wait_for_leader(node: &Node, limit: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + limit;
+async fn wait_for_leader(node: &Node, limit: Option<Duration>) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
+    let mut next_note = started + Duration::from_secs(5);
     while node.raft_status().leader.is_none() {
-        if tokio::time::Instant::now() > deadline {
+        if let Some(limit) = limit.filter(|l| started.elapsed() > *l) {
             anyhow::bail!("no raft leader elected within {limit:?}");
+        }
+        if tokio::time::Instant::now() > next_note {
+            tracing::warn!(waited = ?started.elapsed(), "no raft leader yet; waiting for peers");
+            next_note += Duration::from_secs(5);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
+}
+
+/// This member's ids and, for the first boot of a new cluster, the initial membership.
+struct Identity {
+    member_id: u64,
+    cluster_id: u64,
+    bootstrap: Option<BTreeMap<u64, PeerNode>>,
+    /// Joining an existing cluster (`--initial-cluster-state existing`) for the first time.
+    joining: bool,
+}
+
+/// Where the ids are kept once known: a joining member's come from the cluster, not from its
+/// flags, so a restart must not recompute them.
+const IDENTITY_FILE: &str = "identity.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredIdentity {
+    member_id: u64,
+    cluster_id: u64,
+}
+
+/// etcd's ids: a new cluster computes every member's id from `--initial-cluster` and the token; a
+/// member joining an existing one asks the listed peers for the cluster and finds itself there by
+/// its peer URLs (etcd's `GetClusterFromRemotePeers`); a restarted member reuses what it stored.
+async fn identity(config: &Config, data_dir: &std::path::Path, channels: &PeerChannels) -> anyhow::Result<Identity> {
+    let path = data_dir.join("member").join(IDENTITY_FILE);
+    if let Ok(bytes) = std::fs::read(&path) {
+        let stored: StoredIdentity =
+            serde_json::from_slice(&bytes).with_context(|| format!("read {}", path.display()))?;
+        return Ok(Identity {
+            member_id: stored.member_id,
+            cluster_id: stored.cluster_id,
+            bootstrap: None,
+            joining: false,
+        });
+    }
+    let token = &config.initial_cluster_token;
+    // Identical on every member (no per-member client URLs: those are published after boot).
+    let mut initial = BTreeMap::new();
+    for (name, peer_urls) in config.initial_cluster_members() {
+        let id = node::member_id(&peer_urls, token);
+        initial.insert(id, PeerNode { name, peer_urls, client_urls: Vec::new() });
+    }
+    let me = initial
+        .iter()
+        .find(|(_, m)| m.name == config.name)
+        .map(|(id, _)| *id)
+        .with_context(|| format!("--name {} is not in --initial-cluster", config.name))?;
+    let identity = match config.initial_cluster_state {
+        ClusterState::New => {
+            let cluster_id = node::cluster_id(&initial.keys().copied().collect::<Vec<_>>());
+            Identity { member_id: me, cluster_id, bootstrap: Some(initial), joining: false }
+        }
+        ClusterState::Existing => {
+            let mine: Vec<String> = config.initial_advertise_peer_urls.iter().map(|u| u.to_string()).collect();
+            let others: Vec<PeerNode> = initial.into_iter().filter(|(id, _)| *id != me).map(|(_, n)| n).collect();
+            let (member_id, cluster_id) = join(&others, &mine, channels).await?;
+            Identity { member_id, cluster_id, bootstrap: None, joining: true }
+        }
+    };
+    std::fs::create_dir_all(path.parent().unwrap_or(data_dir))?;
+    let stored = StoredIdentity { member_id: identity.member_id, cluster_id: identity.cluster_id };
+    std::fs::write(&path, serde_json::to_vec(&stored)?).with_context(|| format!("write {}", path.display()))?;
+    Ok(identity)
+}
+
+/// Ask the existing members for the cluster until one answers; find this member (added before
+/// with MemberAdd) by its peer URLs.
+async fn join(peers: &[PeerNode], my_peer_urls: &[String], channels: &PeerChannels) -> anyhow::Result<(u64, u64)> {
+    const PATIENCE: Duration = Duration::from_secs(30);
+    let started = tokio::time::Instant::now();
+    loop {
+        for peer in peers {
+            let Ok(mut client) = channels.client(peer) else { continue };
+            let asked = client.cluster(tonic::Request::new(crate::proto::keelpeer::Payload::default()));
+            let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(2), asked).await else { continue };
+            let Ok((cluster_id, members)) =
+                crate::raft::network::decode::<(u64, Vec<MemberInfo>)>(&answer.into_inner())
+            else {
+                continue;
+            };
+            let mut mine = my_peer_urls.to_vec();
+            mine.sort();
+            let me = members.iter().find(|m| {
+                let mut urls = m.peer_urls.clone();
+                urls.sort();
+                urls == mine
+            });
+            return match me {
+                Some(m) => Ok((m.id, cluster_id)),
+                None => anyhow::bail!(
+                    "this member's peer URLs {my_peer_urls:?} are not in the cluster; add it with MemberAdd first"
+                ),
+            };
+        }
+        if started.elapsed() > PATIENCE {
+            anyhow::bail!("could not reach any member of the existing cluster within {PATIENCE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Record this member's name and client URLs in the replicated membership (etcd's `publish`),
+/// now if the cluster lets us within a request timeout, else retried in the background.
+async fn publish(node: &Arc<Node>, config: &Config) {
+    let name = config.name.clone();
+    let client_urls: Vec<String> = config.advertise_client_urls.iter().map(|u| u.to_string()).collect();
+    let published = {
+        let node = node.clone();
+        move || node.members().iter().any(|m| m.id == node.member_id && m.name == name && m.client_urls == client_urls)
+    };
+    let change = MemberChange::Publish {
+        id: node.member_id,
+        name: config.name.clone(),
+        client_urls: config.advertise_client_urls.iter().map(|u| u.to_string()).collect(),
+    };
+    let attempt = {
+        let node = node.clone();
+        let change = change.clone();
+        move || {
+            let node = node.clone();
+            let change = change.clone();
+            async move { crate::membership::change(&node, change).await }
+        }
+    };
+    if published() {
+        return;
+    }
+    if let Err(e) = attempt().await {
+        tracing::warn!(error = %e, "publishing this member's attributes failed; retrying in the background");
+        let weak = Arc::downgrade(node);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if weak.upgrade().is_none() || published() {
+                    return;
+                }
+                if attempt().await.is_ok() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Serve the peer service until the returned task is aborted (after raft stopped).
+fn spawn_peer_server(node: Arc<Node>, listeners: Vec<TcpListener>) -> tokio::task::JoinHandle<()> {
+    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new)).map(|conn| {
+        conn.and_then(|stream| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    });
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(crate::raft::peer_service::server(node))
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "peer service stopped");
+        }
+    })
 }
 
 /// Move applied writes from the write buffer into the engine every 50 ms, and make them durable

@@ -86,9 +86,14 @@ impl CmdOutput {
 
 /// Runs one invocation against `server`, with a hard deadline (the child is killed on timeout).
 pub async fn run_cmd(server: &Server, cmd: &Cmd) -> Result<CmdOutput, HarnessError> {
+    run_cmd_at(&server.client_addr(), cmd).await
+}
+
+/// Runs one invocation against `endpoints` (comma-separated `host:port`s), with a hard deadline.
+pub async fn run_cmd_at(endpoints: &str, cmd: &Cmd) -> Result<CmdOutput, HarnessError> {
     let mut command = tokio::process::Command::new(etcdctl_path());
     command
-        .arg(format!("--endpoints={}", server.client_addr()))
+        .arg(format!("--endpoints={endpoints}"))
         .arg("--dial-timeout=3s")
         .arg("--command-timeout=5s")
         .args(&cmd.args)

@@ -3,6 +3,7 @@
 //! sees, after masking only what legitimately differs between two etcd members.
 
 pub mod client_text;
+pub mod cluster;
 pub mod diff;
 pub mod etcdctl;
 pub mod etcdctl_watch;

@@ -237,12 +237,7 @@ async fn probe_range_on(channel: Channel) -> Result<(), String> {
 /// `log_path`. Configuration must come from flags only, identically for both servers, so etcd's
 /// `ETCD_*` environment variables are removed.
 pub fn server_command(binary: &Path, dir: &Path, log_path: &Path) -> Result<Command, HarnessError> {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .map_err(|e| HarnessError::io(format!("opening {}", log_path.display()), e))?;
-    let log_err = log.try_clone().map_err(|e| HarnessError::io("duplicating the log handle", e))?;
+    let (log, log_err) = open_log(log_path)?;
     let mut cmd = Command::new(binary);
     cmd.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log_err));
     for (key, _) in std::env::vars_os() {
@@ -251,6 +246,35 @@ pub fn server_command(binary: &Path, dir: &Path, log_path: &Path) -> Result<Comm
         }
     }
     Ok(cmd)
+}
+
+/// A child's log file, opened for appending (kept across restarts), as its stdout and stderr.
+pub(crate) fn open_log(path: &Path) -> Result<(File, File), HarnessError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| HarnessError::io(format!("opening {}", path.display()), e))?;
+    let log_err = log.try_clone().map_err(|e| HarnessError::io("duplicating the log handle", e))?;
+    Ok((log, log_err))
+}
+
+/// Stops a child this harness started: SIGTERM to its pid, SIGKILL after a grace period; reaped.
+pub async fn stop_child(mut child: Child) {
+    let pid = child.id();
+    let _ = send_signal(pid, "TERM");
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+        }
+    }
 }
 
 /// A running (or stopped, between restarts) server process owned by this harness.
@@ -496,23 +520,10 @@ impl Server {
 
     /// Stops the child gracefully (SIGTERM, then SIGKILL after a grace period).
     pub async fn stop(&mut self) -> Result<(), HarnessError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let pid = child.id();
-        let _ = send_signal(pid, "TERM");
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok(());
-                }
-            }
+        if let Some(child) = self.child.take() {
+            stop_child(child).await;
         }
+        Ok(())
     }
 
     /// Stops the server if it runs, then starts it again on the same data dir and ports.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::api::{header, lease, pending::BoxStream};
+use crate::api::{header, lease, BoxStream};
 use crate::apply::command::{Request as Cmd, Response as Applied};
 use crate::apply::txn::validate_txn;
 use crate::error::{Error, Result};

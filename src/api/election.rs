@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::api::concurrency;
-use crate::api::pending::BoxStream;
 use crate::api::status::to_recipe_status;
+use crate::api::BoxStream;
 use crate::node::Node;
 use crate::proto::v3electionpb::{
     election_server::Election, CampaignRequest, CampaignResponse, LeaderRequest, LeaderResponse, ProclaimRequest,

@@ -36,6 +36,10 @@ fn unexpected(what: &str) -> Status {
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        // A learner serves only serializable reads (the route itself passed `api/learner.rs`).
+        if !req.serializable && self.node.is_learner() {
+            return Err(to_status(crate::api::learner::refused()));
+        }
         validate::range(&req).map_err(to_status)?;
         // etcd validates the request before it looks at the token.
         let user = identity(&self.node, &metadata).map_err(to_status)?;

@@ -1,6 +1,7 @@
 //! The Lease service (etcd 3.5.16's `v3rpc/lease.go` over `v3_server.go`): grants and revokes go
-//! through raft; keep-alives, TimeToLive and Leases are answered by this member's lease clock
-//! (the leader's deadlines), as etcd answers them from its primary lessor without raft.
+//! through raft; keep-alives and TimeToLive are answered by the leader's lease clock (asked
+//! through `forward` from a follower, as etcd followers ask the leader's `/leases` handler), and
+//! Leases by this member's.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ fn unexpected(what: &str) -> Status {
 /// never newer than the renewal (a lease revoked at revision 3 must not look renewed at 4).
 async fn keep_alive_one(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
     let header = header::header(node, node.mvcc().current_revision());
-    let ttl = node.leases.keep_alive(id, node.limits.request_timeout).await?;
+    let ttl = crate::forward::keep_alive(node, id).await?;
     Ok(LeaseKeepAliveResponse { header: Some(header), id, ttl })
 }
 
@@ -61,7 +62,6 @@ pub async fn grant(
     req.ttl = req.ttl.max(node.leases.min_ttl());
     match propose::propose_as(node, Cmd::LeaseGrant(req), user).await? {
         (Applied::LeaseGrant(mut resp), _) => {
-            node.leases.grant_applied();
             resp.header = Some(header::complete(node, resp.header));
             Ok(resp)
         }
@@ -129,7 +129,7 @@ impl Lease for LeaseService {
             self.node.applier.auth().check_keys_readable(user.as_ref(), &keys).map_err(|e| to_status(e.into()))?;
         }
         let req = request.into_inner();
-        let found = self.node.leases.time_to_live(req.id, req.keys, Instant::now()).map_err(to_status)?;
+        let found = crate::forward::time_to_live(&self.node, req.id, req.keys).await.map_err(to_status)?;
         let mut resp = match found {
             Some(t) => LeaseTimeToLiveResponse {
                 header: None,

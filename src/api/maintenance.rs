@@ -1,6 +1,6 @@
 //! The Maintenance service (etcd 3.5.16's `v3rpc/maintenance.go`): Status, alarms, HashKV and
-//! Hash, Defragment, Downgrade and Snapshot in etcd's file format. MoveLeader arrives with the
-//! cluster work and answers `Unimplemented` until then.
+//! Hash, Defragment, Downgrade, Snapshot in etcd's file format, and MoveLeader (through
+//! `membership`).
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use std::io::{Read, Seek, SeekFrom};
 
 use sha2::{Digest, Sha256};
 
-use crate::api::pending::{not_yet, BoxStream};
+use crate::api::BoxStream;
 use crate::api::{header, status::to_status};
 use crate::apply::command::{Request as Cmd, Response as Applied};
 use crate::error::Error;
@@ -80,7 +80,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: raft.applied_index,
             errors,
             db_size_in_use: size.in_use_bytes as i64,
-            is_learner: false,
+            is_learner: node.is_learner(),
         }))
     }
 
@@ -147,8 +147,11 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
-    async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_yet("Maintenance.MoveLeader"))
+    /// etcd's answer carries no header.
+    async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        crate::membership::move_leader(&self.node, target).await.map_err(to_status)?;
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
     /// etcd 3.5.16's Downgrade (see `api::downgrade`); the header carries the store revision.

@@ -38,6 +38,28 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
         // Not in etcd's gRPC error table, so it reaches clients untranslated (Unknown).
         Error::UnknownMethod => (Code::Unknown, "etcdserver: unknown method"),
         Error::Auth(a) => auth_code_and_message(a),
+        Error::TimeoutConnectionLost => {
+            (Code::Unavailable, "etcdserver: request timed out, possibly due to connection lost")
+        }
+        // grpc-go turns the context error etcd's handler returns into this code and text.
+        Error::ProposalDeadline => (Code::DeadlineExceeded, "context deadline exceeded"),
+        Error::MemberExists => (Code::FailedPrecondition, "etcdserver: member ID already exist"),
+        Error::PeerUrlExists => (Code::FailedPrecondition, "etcdserver: Peer URLs already exists"),
+        Error::MemberNotEnoughStarted => {
+            (Code::FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members")
+        }
+        Error::MemberBadUrls => (Code::InvalidArgument, "etcdserver: given member URLs are invalid"),
+        Error::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
+        Error::MemberNotLearner => (Code::FailedPrecondition, "etcdserver: can only promote a learner member"),
+        Error::LearnerNotReady => {
+            (Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader")
+        }
+        Error::TooManyLearners => (Code::FailedPrecondition, "etcdserver: too many learner members in cluster"),
+        Error::Unhealthy => (Code::Unavailable, "etcdserver: unhealthy cluster"),
+        Error::NotSupportedForLearner => (Code::Unavailable, "etcdserver: rpc not supported for learner"),
+        Error::BadLeaderTransferee => (Code::FailedPrecondition, "etcdserver: bad leader transferee"),
+        // etcd returns this one unmapped, so clients see code Unknown.
+        Error::LeaderTransferTimeout => (Code::Unknown, "etcdserver: request timed out, leader transfer took too long"),
         // Never a call status in etcd: watch answers carry the text as `cancel_reason`.
         Error::WatcherRangeEmpty => (Code::InvalidArgument, "mvcc: watcher range is empty"),
         Error::DuplicateWatchId => (Code::InvalidArgument, "mvcc: duplicate watch ID provided on the WatchStream"),
@@ -169,6 +191,21 @@ mod tests {
         assert_eq!((s.code(), s.message()), (Code::Unknown, "etcdserver: requested lease not found"));
         let s = to_recipe_status(Error::MissingLeaderKey);
         assert_eq!((s.code(), s.message()), (Code::Unknown, "\"leader\" field must be provided"));
+        // Membership errors and etcd's bare context error for a proposal without a leader.
+        let s = to_status(Error::LearnerNotReady);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader")
+        );
+        let s = to_status(Error::MemberNotFound);
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: member not found"));
+        let s = to_status(Error::ProposalDeadline);
+        assert_eq!((s.code(), s.message()), (Code::DeadlineExceeded, "context deadline exceeded"));
+        let s = to_status(Error::LeaderTransferTimeout);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unknown, "etcdserver: request timed out, leader transfer took too long")
+        );
     }
 }
 

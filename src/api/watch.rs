@@ -16,9 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::header;
-use crate::api::pending::BoxStream;
 use crate::api::status::{cancel_reason, go_status_text, to_status};
 use crate::api::watch_wire::{batch_bytes, encode_events, encode_header, WireResponse};
+use crate::api::BoxStream;
 use crate::error::Error;
 use crate::node::Node;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
@@ -27,10 +27,6 @@ use crate::proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchReques
 use crate::proto::mvccpb::Event;
 use crate::watch::{CatchUp, KeySpan, Outgoing, StreamHandle, WatchSpec};
 
-/// gRPC metadata asking for a stream that only lives while there is a leader
-/// (clientv3 `WithRequireLeader`), and its one meaningful value.
-const REQUIRE_LEADER_KEY: &str = "hasleader";
-const REQUIRE_LEADER_VALUE: &str = "true";
 /// etcd ends `hasleader` streams after this many election timeouts without a leader.
 const MAX_LEADERLESS_TIMEOUTS: u32 = 3;
 /// etcd's `grpcOverheadBytes`: watch responses are fragmented against max-request-bytes + 512 KiB.
@@ -62,8 +58,7 @@ impl WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<BoxStream<WireResponse>>, Status> {
-        let require_leader =
-            request.metadata().get(REQUIRE_LEADER_KEY).is_some_and(|v| v.as_bytes() == REQUIRE_LEADER_VALUE.as_bytes());
+        let require_leader = crate::api::requires_leader(request.metadata());
         // etcd's stream interceptor rejects a `hasleader` stream at once when there is no leader.
         if require_leader && self.node.raft_status().leader.is_none() {
             return Err(to_status(Error::NoLeader));

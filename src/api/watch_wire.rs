@@ -14,8 +14,8 @@ use tonic::codegen::{http, Body, BoxFuture, Context, Poll, StdError};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::pending::BoxStream;
 use crate::api::watch::WatchService;
+use crate::api::BoxStream;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
 use crate::proto::mvccpb::Event;
 use crate::watch::EventBatch;

@@ -43,6 +43,10 @@ pub struct Applier {
     auth: Arc<AuthStore>,
     /// Raft index of the entry being applied (simple auth tokens end with it, as etcd's do).
     index: AtomicU64,
+    /// Held by every apply and install, and by an export for its whole length, so that a raft
+    /// snapshot is the state at exactly the position it reports (openraft builds snapshots in
+    /// the background while entries keep being applied).
+    gate: Mutex<()>,
 }
 
 impl Applier {
@@ -69,6 +73,7 @@ impl Applier {
             alarms,
             auth,
             index: AtomicU64::new(0),
+            gate: Mutex::new(()),
         })
     }
 
@@ -137,6 +142,7 @@ impl Applier {
     /// stored atomically with the entry's effects. An `Err` means our own storage failed: raft must
     /// stop rather than let this member diverge.
     pub fn apply(&self, command: Option<&RaftCommand>, position: Vec<u8>) -> Result<CommandResult> {
+        let _gate = self.gate();
         let mut extra = WriteBatch::default();
         extra.put(META_TABLE, META_RAFT_APPLIED.to_vec(), position);
         let Some(command) = command else {
@@ -301,6 +307,7 @@ impl Applier {
 
     /// Replace the whole state with a raft snapshot's contents.
     pub fn install(&self, dump: &mut dyn std::io::Read) -> Result<()> {
+        let _gate = self.gate();
         // A background compaction of the old state must not delete rows of the imported one.
         self.mvcc().stop_compactions();
         crate::storage::import(self.engine.as_ref(), dump)?;
@@ -317,11 +324,19 @@ impl Applier {
     }
 
     /// Write everything to a raft snapshot, after making the state durable: the log may be purged
-    /// up to this point once the snapshot exists.
-    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<()> {
+    /// up to this point once the snapshot exists. Returns the raft position the written state is
+    /// at (no entry is applied meanwhile).
+    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<Option<Vec<u8>>> {
+        let _gate = self.gate();
         self.engine.sync()?;
         crate::storage::export(self.engine.as_ref(), out)?;
-        Ok(())
+        self.applied_position()
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is the storage itself, consistent after any panic mid-apply (batches
+        // are atomic), so a poisoned gate is still usable.
+        self.gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -27,6 +27,10 @@ pub struct StateMachine {
     applier: Arc<Applier>,
     snapshot_dir: PathBuf,
     position: Position,
+    /// Serialises writing the snapshot files (a built and an installed snapshot can be stored at
+    /// the same time) and remembers which log position the stored one covers, so an older one
+    /// never replaces a newer.
+    stored: Arc<std::sync::Mutex<Option<LogId>>>,
 }
 
 fn io_err<E: std::fmt::Display>(e: E) -> io::Error {
@@ -40,7 +44,14 @@ impl StateMachine {
             Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err)?,
             None => Position::default(),
         };
-        Ok(StateMachine { applier, snapshot_dir, position })
+        let stored = Arc::new(std::sync::Mutex::new(None));
+        let machine = StateMachine { applier, snapshot_dir, position, stored };
+        let (_, meta_path) = machine.snapshot_paths();
+        if let Ok(bytes) = std::fs::read(&meta_path) {
+            let meta: SnapshotMeta = postcard::from_bytes(&bytes).map_err(io_err)?;
+            *machine.stored.lock().unwrap_or_else(|p| p.into_inner()) = meta.last_log_id;
+        }
+        Ok(machine)
     }
 
     fn snapshot_paths(&self) -> (PathBuf, PathBuf) {
@@ -49,17 +60,26 @@ impl StateMachine {
 
     /// Keep the newest snapshot on disk (data, then its meta; the meta's presence marks it complete).
     fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        if *stored > meta.last_log_id {
+            return Ok(());
+        }
         let (data_path, meta_path) = self.snapshot_paths();
         let _ = std::fs::remove_file(&meta_path);
         write_synced(&data_path, data)?;
         write_synced(&meta_path, &postcard::to_allocvec(meta).map_err(io_err)?)?;
+        *stored = meta.last_log_id;
         Ok(())
     }
 }
 
 fn write_synced(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    // One temporary name per target: a snapshot being installed and one being built may be
+    // written at the same time, and must not rename each other's half-written file.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
@@ -75,9 +95,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let mut data = Vec::new();
-        self.applier.export(&mut data).map_err(io_err)?;
-        let meta =
-            SnapshotMeta { last_log_id: self.position.last_applied, last_membership: self.position.membership.clone() };
+        // The position stored with the exported state, not this builder's copy: apply goes on
+        // while the snapshot is built, and a snapshot claiming an older position than its data
+        // would make the member installing it apply the newer entries twice.
+        let position: Position = match self.applier.export(&mut data).map_err(io_err)? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err)?,
+            None => Position::default(),
+        };
+        let meta = SnapshotMeta { last_log_id: position.last_applied, last_membership: position.membership };
         self.store_snapshot(&meta, &data)?;
         Ok(Snapshot { meta, snapshot: Cursor::new(data) })
     }
@@ -133,6 +158,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        // Not while a snapshot is being stored: its meta and data would not match.
+        let _stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
         let (data_path, meta_path) = self.snapshot_paths();
         let meta_bytes = match std::fs::read(&meta_path) {
             Ok(b) => b,
