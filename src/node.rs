@@ -126,7 +126,21 @@ impl Node {
         }
         let size = self.engine().size()?;
         *cache = Some((Instant::now(), size));
+        self.db_size.1.store(0, Ordering::Relaxed);
         Ok(size)
+    }
+
+    /// The database's size as the space quota sees it: the last measurement plus what the quota
+    /// admitted since. Measurements are up to a second old and lag the write buffer, and a burst
+    /// of writes inside that second must not overshoot the quota by its whole volume.
+    pub fn db_size_for_quota(&self) -> crate::error::Result<u64> {
+        let measured = self.db_size()?.total_bytes;
+        Ok(measured.saturating_add(self.db_size.1.load(Ordering::Relaxed)))
+    }
+
+    /// The space quota admitted a request of `cost` bytes.
+    pub fn admitted_to_quota(&self, cost: u64) {
+        self.db_size.1.fetch_add(cost, Ordering::Relaxed);
     }
 
     /// Raft's view right now: (term, leader, is this member the leader, committed index, applied index).
@@ -176,9 +190,9 @@ impl Node {
     }
 }
 
-/// The last measured database size and when it was measured.
+/// The last size measurement, and the bytes the space quota admitted since it.
 #[derive(Default)]
-pub struct SizeCache(Mutex<Option<(Instant, SizeInfo)>>);
+pub struct SizeCache(Mutex<Option<(Instant, SizeInfo)>>, AtomicU64);
 
 impl SizeCache {
     const MAX_AGE: Duration = Duration::from_secs(1);

@@ -452,7 +452,13 @@ async fn alarm(server: &Server, me: u64, action: i32, member: u64, alarm: i32) -
     use keel::proto::etcdserverpb::AlarmRequest;
     let req = AlarmRequest { action, member_id: member, alarm };
     match maintenance(server).await.alarm(req).await {
-        Ok(resp) => Ok(resp.into_inner().alarms.iter().map(|a| (a.member_id == me, a.alarm)).collect()),
+        Ok(resp) => {
+            // etcd lists alarms by walking a Go map, so their order is random there: compare sets.
+            let mut alarms: Vec<(bool, i32)> =
+                resp.into_inner().alarms.iter().map(|a| (a.member_id == me, a.alarm)).collect();
+            alarms.sort();
+            Ok(alarms)
+        }
         Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
     }
 }

@@ -39,14 +39,15 @@ pub fn txn_cost(req: &TxnRequest) -> u64 {
 }
 
 /// etcd's `quotaAlarmer.check`. Zero-cost requests always pass. The size is the engine's file
-/// size as `Node::db_size` last measured it (at most a second old), where etcd reads bbolt's
-/// size on every call: a burst may overshoot the quota by up to a second of writes.
+/// size as `Node::db_size` last measured it (at most a second old; etcd reads bbolt's size on
+/// every call) plus the cost of every request admitted since, so a burst cannot slip past it.
 pub async fn check(node: &Node, cost: u64) -> Result<(), Status> {
     if cost == 0 {
         return Ok(());
     }
-    let size = node.db_size().map_err(to_status)?.total_bytes;
+    let size = node.db_size_for_quota().map_err(to_status)?;
     if size.saturating_add(cost) < node.limits.quota_bytes {
+        node.admitted_to_quota(cost);
         return Ok(());
     }
     let raise = AlarmRequest {
