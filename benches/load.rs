@@ -1,6 +1,7 @@
 //! `keel-bench`: a load generator for any etcd v3 endpoint, shaped like etcd's own benchmark tool
 //! (`--conns` gRPC connections shared by `--clients` concurrent clients). Prints throughput and
-//! latency percentiles, plus one `RESULT` line that `scripts/bench.sh` collects.
+//! latency percentiles, plus one `RESULT` line that `scripts/bench.sh` collects. Given several
+//! endpoints it spreads its connections over them round-robin, as etcd's benchmark tool does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,9 +19,10 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Parser, Debug)]
 #[command(name = "keel-bench", about = "Load generator for etcd v3 endpoints")]
 struct Args {
-    /// Client URL of the server under test.
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
-    endpoint: String,
+    /// Client URL(s) of the server(s) under test, comma-separated (`--endpoints` works too);
+    /// connection i goes to endpoint i % n, like etcd's benchmark tool spreads its connections.
+    #[arg(long, alias = "endpoints", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    endpoint: Vec<String>,
     /// gRPC connections (HTTP/2) to open.
     #[arg(long, default_value_t = 1)]
     conns: usize,
@@ -220,6 +222,16 @@ async fn lease_keepalive(
     Ok((all, errors.load(Ordering::Relaxed), elapsed))
 }
 
+/// Opens `conns` connections (at least one), connection i to `endpoints[i % endpoints.len()]`.
+async fn connect_round_robin(endpoints: &[String], conns: usize) -> anyhow::Result<Vec<Channel>> {
+    anyhow::ensure!(!endpoints.is_empty(), "no endpoint given");
+    let mut channels = Vec::new();
+    for i in 0..conns.max(1) {
+        channels.push(Endpoint::from_shared(endpoints[i % endpoints.len()].clone())?.connect().await?);
+    }
+    Ok(channels)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -234,10 +246,7 @@ async fn main() -> anyhow::Result<()> {
     if let Op::WatchLatency(opts) = &args.op {
         return watch_latency::run(&args.endpoint, args.conns, args.total, opts).await;
     }
-    let mut channels = Vec::new();
-    for _ in 0..args.conns.max(1) {
-        channels.push(Endpoint::from_shared(args.endpoint.clone())?.connect().await?);
-    }
+    let channels = connect_round_robin(&args.endpoint, args.conns).await?;
     let value_size = match &args.op {
         Op::Put { val_size, .. } | Op::TxnPut { val_size, .. } => *val_size,
         Op::Range { .. } | Op::LeaseKeepalive { .. } | Op::WatchLatency(_) => 0,
@@ -456,13 +465,12 @@ mod watch_latency {
         sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
     }
 
-    pub async fn run(endpoint: &str, conns: usize, total: u64, o: &Opts) -> anyhow::Result<()> {
+    /// The watchers' connections are spread over `endpoints`; the writer uses the first one.
+    pub async fn run(endpoints: &[String], conns: usize, total: u64, o: &Opts) -> anyhow::Result<()> {
         let key: Vec<u8> = (0..o.key_size.max(1)).map(|i| b'a' + (i % 26) as u8).collect();
         let value: Vec<u8> = vec![b'v'; o.val_size];
-        let mut channels = Vec::new();
-        for _ in 0..conns.max(1) {
-            channels.push(Endpoint::from_shared(endpoint.to_string())?.connect().await?);
-        }
+        let channels = super::connect_round_robin(endpoints, conns).await?;
+        let endpoint = endpoints[0].as_str();
         let mut kv = KvClient::new(Endpoint::from_shared(endpoint.to_string())?.connect().await?);
         let shared = Arc::new(Shared {
             started: Instant::now(),
