@@ -317,6 +317,10 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
     Verifier(String),
+    /// An `https://` peer URL must be dialed with a CA to verify the peer against; Go would use the
+    /// system store, which Keel does not read.
+    #[error("https peer URL {0} needs --peer-trusted-ca-file: keel does not use the system certificate store")]
+    PeerDialWithoutCa(String),
 }
 
 #[cfg(test)]
