@@ -619,6 +619,9 @@ pub struct Config {
 /// configuration and reports what it cannot use. The peer side fills one from `--peer-*`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsSettings {
+    /// Which side these are, as the flags' prefix: empty for the client port, `peer-` for the
+    /// peer port (for messages naming the flags).
+    pub flag_prefix: &'static str,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
@@ -693,7 +696,7 @@ impl Default for Config {
             watch_progress_notify_interval: DEFAULT_PROGRESS_NOTIFY,
             config_file: None,
             client_tls: TlsSettings::default(),
-            peer_tls: TlsSettings::default(),
+            peer_tls: TlsSettings { flag_prefix: "peer-", ..TlsSettings::default() },
             auth_token: "simple".to_string(),
             auth_token_ttl: 300,
             bcrypt_cost: 10,
@@ -1258,7 +1261,7 @@ fn yaml_kind(value: &Yaml) -> String {
 /// One side's TLS settings: `prefix` is empty for the client side and `peer-` for the peer side;
 /// the cipher suites and TLS versions have no prefix (etcd applies them to both). As with Go's
 /// flags, an empty value means unset.
-fn tls_settings(settings: &Settings, prefix: &str) -> Result<TlsSettings, ConfigError> {
+fn tls_settings(settings: &Settings, prefix: &'static str) -> Result<TlsSettings, ConfigError> {
     let text = |name: &str| settings.get(name).map(|s| s.value.clone()).filter(|v| !v.is_empty());
     let auth_flag = format!("{prefix}client-cert-auth");
     let client_cert_auth = match settings.get(auth_flag.as_str()).filter(|s| !s.value.is_empty()) {
@@ -1267,6 +1270,7 @@ fn tls_settings(settings: &Settings, prefix: &str) -> Result<TlsSettings, Config
     };
     let file = |name: &str| text(&format!("{prefix}{name}")).map(PathBuf::from);
     Ok(TlsSettings {
+        flag_prefix: prefix,
         cert_file: file("cert-file"),
         key_file: file("key-file"),
         trusted_ca_file: file("trusted-ca-file"),
@@ -2279,6 +2283,12 @@ mod tests {
         let (config, _) = ok(&[], &[("ETCD_PEER_CERT_FILE", "e.crt"), ("ETCD_PEER_CLIENT_CERT_AUTH", "true")]);
         assert_eq!(config.peer_tls.cert_file, Some(PathBuf::from("e.crt")));
         assert!(config.peer_tls.client_cert_auth);
+        // Messages about one side name that side's flags.
+        let (config, _) = ok(&["--peer-cert-file=p.crt", "--peer-key-file=p.key", "--peer-client-cert-auth"], &[]);
+        assert_eq!(
+            crate::api::tls::server_config(&config.peer_tls).unwrap_err().to_string(),
+            "--peer-client-cert-auth needs --peer-trusted-ca-file: keel does not use the system certificate store"
+        );
         let file = yaml_file(
             "peer-transport-security:\n  cert-file: y.crt\n  key-file: y.key\n  trusted-ca-file: ca.crt\n  \
              client-cert-auth: true\n  auto-tls: false\nlisten-peer-urls: https://127.0.0.1:2380\n",

@@ -53,7 +53,12 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         config.listen_peer_urls.iter().filter(|u| u.socket_addr().is_some()).map(|u| u.is_tls()).collect();
     let peer_acceptor = crate::api::tls::acceptor(&config.peer_tls, peer_https.contains(&true))?;
     let peer_client_tls = crate::api::tls::peer_client_config(&config.peer_tls)?;
-    let dialed_https = config.initial_cluster.iter().flat_map(|m| &m.peer_urls).find(|u| u.is_tls());
+    // Only other members are dialed: a lone https member starts without a CA, as etcd does.
+    let dialed_https = config
+        .initial_cluster
+        .iter()
+        .flat_map(|m| &m.peer_urls)
+        .find(|u| u.is_tls() && !config.initial_advertise_peer_urls.contains(u));
     if let (Some(url), None) = (dialed_https, &peer_client_tls) {
         return Err(crate::error::TlsError::PeerDialWithoutCa(url.to_string()).into());
     }

@@ -145,6 +145,10 @@ async fn member_with_a_foreign_ca_cannot_join_like_etcd() {
         let read = RangeRequest { key: b"peer-tls-foreign".to_vec(), serializable: true, ..Default::default() };
         let held = kv.range(read).await.map(|r| r.into_inner().kvs.len()).unwrap_or(0);
         assert_eq!(held, 0, "{kind}: the member with a foreign certificate received data");
+        // Both log the refused handshakes with the same words.
+        let logs: String =
+            (0..2).map(|i| std::fs::read_to_string(cluster.members[i].log_path()).unwrap_or_default()).collect();
+        assert!(logs.contains("rejected connection on peer endpoint"), "{kind}: no refused peer handshake logged");
     }
 }
 

@@ -97,6 +97,10 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
     let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) else {
         return Err(TlsError::MissingCertOrKey);
     };
+    // Checked before any file is read: a flag mistake is reported as such.
+    if settings.client_cert_auth && settings.trusted_ca_file.is_none() {
+        return Err(TlsError::ClientAuthWithoutCa(settings.flag_prefix));
+    }
     let resolver = Arc::new(ReloadingCert::load(cert.clone(), key.clone(), provider.clone())?);
 
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
@@ -114,8 +118,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
                 .map_err(|e| TlsError::Verifier(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
-        (None, true) => return Err(TlsError::ClientAuthWithoutCa),
-        (None, false) => builder.with_no_client_auth(),
+        (None, _) => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
     // etcd serves gRPC and its HTTP/JSON gateway on the same TLS port.
@@ -512,7 +515,7 @@ mod tests {
             client_cert_auth: true,
             ..Default::default()
         };
-        assert!(matches!(server_config(&s), Err(TlsError::ClientAuthWithoutCa)));
+        assert!(matches!(server_config(&s), Err(TlsError::ClientAuthWithoutCa(""))));
         let no_key = TlsSettings { key_file: None, ..s.clone() };
         assert!(matches!(server_config(&no_key), Err(TlsError::MissingCertOrKey)));
         s.trusted_ca_file = Some(dir.path().join("ca.crt"));
