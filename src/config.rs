@@ -1130,6 +1130,11 @@ fn yaml_settings(text: &str, path: &str, warnings: &mut Vec<String>) -> Result<S
         } else if let Some(prefix) = TLS_BLOCKS.iter().find(|(block, _)| *block == key).map(|(_, prefix)| *prefix) {
             yaml_tls_block(&value, &key, prefix, path, &mut settings, warnings)
                 .map_err(|e| bad(format!("{key}: {e}")))?;
+        } else if PEER_TLS_FLAGS.contains(&key.as_str()) {
+            // etcd reads peer TLS only from the `peer-transport-security:` block in a file.
+            warnings.push(format!(
+                "config file key {key} is ignored (etcd and keel read it inside peer-transport-security)"
+            ));
         } else if let Some((name, _)) = IGNORED_ETCD_FLAGS.iter().find(|(name, _)| *name == key) {
             settings.insert(name, Setting { value: String::new(), origin: Origin::File(path.to_string()) });
         } else if IGNORED_YAML_ONLY_KEYS.contains(&key.as_str()) {
@@ -2291,10 +2296,12 @@ mod tests {
         );
         let file = yaml_file(
             "peer-transport-security:\n  cert-file: y.crt\n  key-file: y.key\n  trusted-ca-file: ca.crt\n  \
-             client-cert-auth: true\n  auto-tls: false\nlisten-peer-urls: https://127.0.0.1:2380\n",
+             client-cert-auth: true\n  auto-tls: false\nlisten-peer-urls: https://127.0.0.1:2380\n\
+             peer-key-file: top.key\n",
         );
         let (config, warnings) = ok(&["--config-file", &path_of(&file)], &[]);
         assert_eq!(config.peer_tls.cert_file, Some(PathBuf::from("y.crt")));
+        assert!(warnings.iter().any(|w| w.starts_with("config file key peer-key-file is ignored")), "{warnings:?}");
         assert_eq!(config.peer_tls.key_file, Some(PathBuf::from("y.key")));
         assert!(config.peer_tls.client_cert_auth);
         assert_eq!(config.client_tls, TlsSettings::default());
