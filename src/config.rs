@@ -11,7 +11,10 @@
 //! The client-side TLS flags (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`,
 //! `--cipher-suites`, `--tls-min-version`, `--tls-max-version`, and the YAML
 //! `client-transport-security:` block) are read into [`TlsSettings`]; `api/tls.rs` builds them.
-//! The etcd flags Keel does not act on (peer TLS, discovery, metrics, tuning knobs...) are accepted in
+//! The peer side (`--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`,
+//! `--peer-client-cert-auth`, the YAML `peer-transport-security:` block) fills a second
+//! [`TlsSettings`] the same way, sharing the cipher suites and TLS versions as etcd does.
+//! The etcd flags Keel does not act on (discovery, tuning knobs...) are accepted in
 //! every shape etcd accepts and each produces one warning; a flag name etcd 3.5.16 does not know
 //! is an error. Environment variables are read from a map handed in rather than through clap's
 //! `env` support, so tests can supply them and error messages can name the variable at fault.
@@ -194,6 +197,19 @@ pub const CLIENT_TLS_FLAGS: &[&str] = &[
     "tls-max-version",
 ];
 
+/// The peer TLS flags Keel acts on: [`CLIENT_TLS_FLAGS`]' first four with etcd's `peer-` prefix
+/// (the cipher suites and TLS versions are shared by both sides, as in etcd).
+pub const PEER_TLS_FLAGS: &[&str] =
+    &["peer-cert-file", "peer-key-file", "peer-trusted-ca-file", "peer-client-cert-auth"];
+
+/// `--help` lines for [`PEER_TLS_FLAGS`], in the same order.
+const PEER_TLS_HELP: &[&str] = &[
+    "Path to the peer server TLS cert file (PEM); also presented as this member's client certificate",
+    "Path to the peer server TLS key file (PEM)",
+    "Path to the peer server TLS trusted CA file; peer certificates are then required and verified",
+    "Require and verify peer client certificates against --peer-trusted-ca-file",
+];
+
 /// `--help` lines for [`CLIENT_TLS_FLAGS`], in the same order.
 const CLIENT_TLS_HELP: &[&str] = &[
     "Path to the client server TLS cert file (PEM)",
@@ -210,8 +226,7 @@ const YAML_TLS_BLOCK_KEYS: &[&str] = &["cert-file", "key-file", "trusted-ca-file
 
 /// Config-file keys of etcd 3.5.16 that are not flag names (nested TLS and socket sections, and a
 /// key spelt differently from its flag); accepted and ignored like the flags above.
-const IGNORED_YAML_ONLY_KEYS: &[&str] =
-    &["peer-transport-security", "socket-options", "experimental-snapshot-catch-up-entries"];
+const IGNORED_YAML_ONLY_KEYS: &[&str] = &["socket-options", "experimental-snapshot-catch-up-entries"];
 
 /// How a Keel-understood value is written, which decides how a YAML value is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -590,6 +605,8 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// TLS for the `https://` client listeners.
     pub client_tls: TlsSettings,
+    /// TLS for the `https://` peer listeners and for dialing `https://` peer URLs.
+    pub peer_tls: TlsSettings,
     /// `--auth-token` as given; `auth::token::TokenConfig::parse` reads it.
     pub auth_token: String,
     /// Seconds an unused simple token lives (`--auth-token-ttl`).
@@ -599,9 +616,12 @@ pub struct Config {
 
 /// One side's TLS settings in etcd's terms (its `transport.TLSInfo` plus the process-wide
 /// `--cipher-suites` / `--tls-*-version`), kept as text: `api::tls` turns them into a rustls
-/// configuration and reports what it cannot use. The peer side will fill one from `--peer-*`.
+/// configuration and reports what it cannot use. The peer side fills one from `--peer-*`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsSettings {
+    /// Which side these are, as the flags' prefix: empty for the client port, `peer-` for the
+    /// peer port (for messages naming the flags).
+    pub flag_prefix: &'static str,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
@@ -676,6 +696,7 @@ impl Default for Config {
             watch_progress_notify_interval: DEFAULT_PROGRESS_NOTIFY,
             config_file: None,
             client_tls: TlsSettings::default(),
+            peer_tls: TlsSettings { flag_prefix: "peer-", ..TlsSettings::default() },
             auth_token: "simple".to_string(),
             auth_token_ttl: 300,
             bcrypt_cost: 10,
@@ -773,6 +794,17 @@ impl Config {
             if !self.client_tls.has_cert() {
                 return fail(format!(
                     "TLS key/cert (--cert-file, --key-file) must be provided for client url {url} with HTTPS scheme"
+                ));
+            }
+        }
+        // etcd checks the peer side only when it listens (embed's configurePeerListeners), with
+        // this text naming host:port rather than the URL.
+        if let Some(url) = self.listen_peer_urls.iter().find(|u| u.is_tls()) {
+            if !self.peer_tls.has_cert() {
+                return fail(format!(
+                    "cannot listen on TLS for {}:{}: KeyFile and CertFile are not presented",
+                    url.host(),
+                    url.port()
                 ));
             }
         }
@@ -953,7 +985,7 @@ fn load(args: Vec<String>, env: &HashMap<String, String>) -> Result<(Config, Vec
         let Some(setting) = settings.get(name) else {
             continue;
         };
-        if CLIENT_TLS_FLAGS.contains(name) {
+        if CLIENT_TLS_FLAGS.contains(name) || PEER_TLS_FLAGS.contains(name) {
             continue;
         }
         // clap has already checked booleans given as flags, and file values of ignored keys are
@@ -1095,8 +1127,14 @@ fn yaml_settings(text: &str, path: &str, warnings: &mut Vec<String>) -> Result<S
             if let Some(text) = yaml_tls_value(&value).map_err(|e| bad(format!("{key}: {e}")))? {
                 settings.insert(name, Setting { value: text, origin: Origin::File(path.to_string()) });
             }
-        } else if key == "client-transport-security" {
-            yaml_tls_block(&value, path, &mut settings, warnings).map_err(|e| bad(format!("{key}: {e}")))?;
+        } else if let Some(prefix) = TLS_BLOCKS.iter().find(|(block, _)| *block == key).map(|(_, prefix)| *prefix) {
+            yaml_tls_block(&value, &key, prefix, path, &mut settings, warnings)
+                .map_err(|e| bad(format!("{key}: {e}")))?;
+        } else if PEER_TLS_FLAGS.contains(&key.as_str()) {
+            // etcd reads peer TLS only from the `peer-transport-security:` block in a file.
+            warnings.push(format!(
+                "config file key {key} is ignored (etcd and keel read it inside peer-transport-security)"
+            ));
         } else if let Some((name, _)) = IGNORED_ETCD_FLAGS.iter().find(|(name, _)| *name == key) {
             settings.insert(name, Setting { value: String::new(), origin: Origin::File(path.to_string()) });
         } else if IGNORED_YAML_ONLY_KEYS.contains(&key.as_str()) {
@@ -1108,9 +1146,20 @@ fn yaml_settings(text: &str, path: &str, warnings: &mut Vec<String>) -> Result<S
     Ok(settings)
 }
 
-/// etcd's `client-transport-security:` block: the file, CA and client-auth keys become the flag
-/// settings of the same name; other keys (`auto-tls`, `client-cert-file`...) are warned about.
-fn yaml_tls_block(value: &Yaml, path: &str, settings: &mut Settings, warnings: &mut Vec<String>) -> Result<(), String> {
+/// etcd's two YAML TLS blocks and the flag prefix their keys stand for.
+const TLS_BLOCKS: &[(&str, &str)] = &[("client-transport-security", ""), ("peer-transport-security", "peer-")];
+
+/// One of etcd's `*-transport-security:` blocks: the file, CA and client-auth keys become the
+/// flag settings of the same name (with `prefix`, `peer-` for the peer block); other keys
+/// (`auto-tls`, `client-cert-file`...) are warned about.
+fn yaml_tls_block(
+    value: &Yaml,
+    block: &str,
+    prefix: &str,
+    path: &str,
+    settings: &mut Settings,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
     let map = match value {
         Yaml::Null => return Ok(()),
         Yaml::Mapping(map) => map,
@@ -1120,15 +1169,19 @@ fn yaml_tls_block(value: &Yaml, path: &str, settings: &mut Settings, warnings: &
         let Yaml::String(key) = key else {
             return Err(format!("option names must be strings, found {}", yaml_kind(key)));
         };
-        match YAML_TLS_BLOCK_KEYS.iter().find(|name| **name == key) {
+        let flag = YAML_TLS_BLOCK_KEYS
+            .iter()
+            .filter(|name| **name == key)
+            .flat_map(|name| CLIENT_TLS_FLAGS.iter().chain(PEER_TLS_FLAGS).find(|f| **f == format!("{prefix}{name}")))
+            .next();
+        match flag {
             Some(name) => {
                 if let Some(text) = yaml_tls_value(value).map_err(|e| format!("{key}: {e}"))? {
                     settings.insert(name, Setting { value: text, origin: Origin::File(path.to_string()) });
                 }
             }
-            None => warnings.push(format!(
-                "config file key client-transport-security.{key} is accepted for etcd compatibility but ignored by keel"
-            )),
+            None => warnings
+                .push(format!("config file key {block}.{key} is accepted for etcd compatibility but ignored by keel")),
         }
     }
     Ok(())
@@ -1210,17 +1263,22 @@ fn yaml_kind(value: &Yaml) -> String {
     }
 }
 
-/// The client TLS settings. As with Go's flags, an empty value means unset.
-fn tls_settings(settings: &Settings) -> Result<TlsSettings, ConfigError> {
+/// One side's TLS settings: `prefix` is empty for the client side and `peer-` for the peer side;
+/// the cipher suites and TLS versions have no prefix (etcd applies them to both). As with Go's
+/// flags, an empty value means unset.
+fn tls_settings(settings: &Settings, prefix: &'static str) -> Result<TlsSettings, ConfigError> {
     let text = |name: &str| settings.get(name).map(|s| s.value.clone()).filter(|v| !v.is_empty());
-    let client_cert_auth = match settings.get("client-cert-auth").filter(|s| !s.value.is_empty()) {
-        Some(s) => parse_go_bool(&s.value).map_err(|reason| s.invalid("client-cert-auth", reason))?,
+    let auth_flag = format!("{prefix}client-cert-auth");
+    let client_cert_auth = match settings.get(auth_flag.as_str()).filter(|s| !s.value.is_empty()) {
+        Some(s) => parse_go_bool(&s.value).map_err(|reason| s.invalid(&auth_flag, reason))?,
         None => false,
     };
+    let file = |name: &str| text(&format!("{prefix}{name}")).map(PathBuf::from);
     Ok(TlsSettings {
-        cert_file: text("cert-file").map(PathBuf::from),
-        key_file: text("key-file").map(PathBuf::from),
-        trusted_ca_file: text("trusted-ca-file").map(PathBuf::from),
+        flag_prefix: prefix,
+        cert_file: file("cert-file"),
+        key_file: file("key-file"),
+        trusted_ca_file: file("trusted-ca-file"),
         client_cert_auth,
         cipher_suites: text("cipher-suites")
             .map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
@@ -1341,7 +1399,8 @@ fn build(settings: &Settings, warnings: &mut Vec<String>) -> Result<Config, Conf
             }
         };
     }
-    config.client_tls = tls_settings(settings)?;
+    config.client_tls = tls_settings(settings, "")?;
+    config.peer_tls = tls_settings(settings, "peer-")?;
     if let Some(s) = get("logger") {
         config.logger = match s.value.as_str() {
             "" | "zap" => Logger::Zap,
@@ -1608,7 +1667,8 @@ fn command() -> Command {
              snake case (--data-dir is ETCD_DATA_DIR; --storage-engine is KEEL_STORAGE_ENGINE). Flags \
              take precedence over the environment. With --config-file, the YAML file is used and \
              other flags and variables are ignored, as in etcd (except --storage-engine). The other \
-             flags of etcd 3.5.16 (peer TLS among them) are accepted and ignored with a warning.",
+             flags of etcd 3.5.16 (discovery, auto TLS, CRLs among them) are accepted and ignored \
+             with a warning.",
         );
     for f in KEEL_FLAGS {
         let help = if f.default.is_empty() {
@@ -1632,7 +1692,11 @@ fn command() -> Command {
         );
     }
     for (name, arity) in IGNORED_ETCD_FLAGS {
-        let help = CLIENT_TLS_FLAGS.iter().position(|f| f == name).map(|i| CLIENT_TLS_HELP[i]);
+        let help = CLIENT_TLS_FLAGS
+            .iter()
+            .position(|f| f == name)
+            .map(|i| CLIENT_TLS_HELP[i])
+            .or_else(|| PEER_TLS_FLAGS.iter().position(|f| f == name).map(|i| PEER_TLS_HELP[i]));
         let arg = Arg::new(*name).long(*name).hide(help.is_none()).action(ArgAction::Set);
         let arg = match help {
             Some(help) => arg.help(format!("{help} [env: {}]", env_var(name))),
@@ -1704,7 +1768,8 @@ mod tests {
     #[test]
     fn command_definition_is_consistent() {
         assert_eq!(CLIENT_TLS_FLAGS.len(), CLIENT_TLS_HELP.len());
-        for name in CLIENT_TLS_FLAGS {
+        assert_eq!(PEER_TLS_FLAGS.len(), PEER_TLS_HELP.len());
+        for name in CLIENT_TLS_FLAGS.iter().chain(PEER_TLS_FLAGS) {
             assert!(IGNORED_ETCD_FLAGS.iter().any(|(n, _)| n == name), "{name} is parsed as an etcd flag");
         }
         command().debug_assert();
@@ -2179,8 +2244,74 @@ mod tests {
         assert_eq!(config.client_tls.cert_file, Some(PathBuf::from("/etc/kubernetes/pki/etcd/server.crt")));
         assert_eq!(config.client_tls.trusted_ca_file, Some(PathBuf::from("/etc/kubernetes/pki/etcd/ca.crt")));
         assert!(config.client_tls.client_cert_auth);
-        // The four client TLS flags are acted on, and so is --listen-metrics-urls, so only the other five warn.
-        assert_eq!(warnings.len(), 5, "{warnings:?}");
+        assert_eq!(config.peer_tls.cert_file, Some(PathBuf::from("/etc/kubernetes/pki/etcd/peer.crt")));
+        assert_eq!(config.peer_tls.trusted_ca_file, Some(PathBuf::from("/etc/kubernetes/pki/etcd/ca.crt")));
+        assert!(config.peer_tls.client_cert_auth);
+        // The client and peer TLS flags and --listen-metrics-urls are acted on: only the corrupt check warns.
+        assert_eq!(warnings, vec![ignored_warning("experimental-initial-corrupt-check")]);
+    }
+
+    #[test]
+    fn peer_tls_settings_and_etcd_checks() {
+        let https =
+            ["--listen-peer-urls=https://127.0.0.1:2380", "--initial-advertise-peer-urls=https://127.0.0.1:2380"];
+        let cluster = "--initial-cluster=default=https://127.0.0.1:2380";
+        let (config, warnings) = ok(
+            &[
+                https[0],
+                https[1],
+                cluster,
+                "--peer-cert-file=p.crt",
+                "--peer-key-file=p.key",
+                "--peer-trusted-ca-file=ca.crt",
+                "--peer-client-cert-auth",
+                "--tls-min-version=TLS1.2",
+            ],
+            &[],
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let tls = &config.peer_tls;
+        assert_eq!(tls.cert_file, Some(PathBuf::from("p.crt")));
+        assert_eq!(tls.key_file, Some(PathBuf::from("p.key")));
+        assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("ca.crt")));
+        assert!(tls.client_cert_auth);
+        // The versions and suites are shared by both sides, as in etcd.
+        assert_eq!(tls.min_version.as_deref(), Some("TLS1.2"));
+        assert_eq!(config.client_tls.min_version.as_deref(), Some("TLS1.2"));
+        assert_eq!(config.client_tls.cert_file, None);
+        // etcd 3.5.16's start-up error for an https peer listener without a certificate.
+        assert_eq!(
+            err(&[https[0], https[1], cluster, "--peer-cert-file=p.crt"], &[]),
+            "cannot listen on TLS for 127.0.0.1:2380: KeyFile and CertFile are not presented"
+        );
+        // The environment and the YAML block fill the same settings.
+        let (config, _) = ok(&[], &[("ETCD_PEER_CERT_FILE", "e.crt"), ("ETCD_PEER_CLIENT_CERT_AUTH", "true")]);
+        assert_eq!(config.peer_tls.cert_file, Some(PathBuf::from("e.crt")));
+        assert!(config.peer_tls.client_cert_auth);
+        // Messages about one side name that side's flags.
+        let (config, _) = ok(&["--peer-cert-file=p.crt", "--peer-key-file=p.key", "--peer-client-cert-auth"], &[]);
+        assert_eq!(
+            crate::api::tls::server_config(&config.peer_tls).unwrap_err().to_string(),
+            "--peer-client-cert-auth needs --peer-trusted-ca-file: keel does not use the system certificate store"
+        );
+        let file = yaml_file(
+            "peer-transport-security:\n  cert-file: y.crt\n  key-file: y.key\n  trusted-ca-file: ca.crt\n  \
+             client-cert-auth: true\n  auto-tls: false\nlisten-peer-urls: https://127.0.0.1:2380\n\
+             peer-key-file: top.key\n",
+        );
+        let (config, warnings) = ok(&["--config-file", &path_of(&file)], &[]);
+        assert_eq!(config.peer_tls.cert_file, Some(PathBuf::from("y.crt")));
+        assert!(warnings.iter().any(|w| w.starts_with("config file key peer-key-file is ignored")), "{warnings:?}");
+        assert_eq!(config.peer_tls.key_file, Some(PathBuf::from("y.key")));
+        assert!(config.peer_tls.client_cert_auth);
+        assert_eq!(config.client_tls, TlsSettings::default());
+        assert!(
+            warnings.contains(
+                &"config file key peer-transport-security.auto-tls is accepted for etcd compatibility but ignored by keel"
+                    .to_string()
+            ),
+            "{warnings:?}"
+        );
     }
 
     #[test]

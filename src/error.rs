@@ -306,8 +306,10 @@ pub enum TlsError {
     #[error("none of the TLS 1.2 cipher suites {0:?} is supported by keel (only ECDHE with AES-GCM or ChaCha20-Poly1305 is)")]
     NoSupportedCipherSuite(Vec<String>),
     /// Go would fall back to the system's CA store; Keel does not read it.
-    #[error("--client-cert-auth needs --trusted-ca-file: keel does not use the system certificate store")]
-    ClientAuthWithoutCa,
+    /// The field is the side's flag prefix (`peer-` for the peer port), so the message names the
+    /// flags actually given.
+    #[error("--{0}client-cert-auth needs --{0}trusted-ca-file: keel does not use the system certificate store")]
+    ClientAuthWithoutCa(&'static str),
     /// `Config::validate` words this as etcd does for client URLs; this is the builder's own check.
     #[error("TLS key/cert (--cert-file, --key-file) must both be provided")]
     MissingCertOrKey,
@@ -317,6 +319,10 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
     Verifier(String),
+    /// An `https://` peer URL must be dialed with a CA to verify the peer against; Go would use the
+    /// system store, which Keel does not read.
+    #[error("https peer URL {0} needs --peer-trusted-ca-file: keel does not use the system certificate store")]
+    PeerDialWithoutCa(String),
 }
 
 #[cfg(test)]

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::apply::applier::Applier;
 use crate::config::{ClusterState, Config};
@@ -50,7 +48,20 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     // TLS settings are checked before anything binds, so a bad certificate fails the start.
     let https: Vec<bool> =
         config.listen_client_urls.iter().filter(|u| u.socket_addr().is_some()).map(|u| u.is_tls()).collect();
-    let acceptor = crate::api::tls::client_acceptor(&config.client_tls, https.contains(&true))?;
+    let acceptor = crate::api::tls::acceptor(&config.client_tls, https.contains(&true))?;
+    let peer_https: Vec<bool> =
+        config.listen_peer_urls.iter().filter(|u| u.socket_addr().is_some()).map(|u| u.is_tls()).collect();
+    let peer_acceptor = crate::api::tls::acceptor(&config.peer_tls, peer_https.contains(&true))?;
+    let peer_client_tls = crate::api::tls::peer_client_config(&config.peer_tls)?;
+    // Only other members are dialed: a lone https member starts without a CA, as etcd does.
+    let dialed_https = config
+        .initial_cluster
+        .iter()
+        .flat_map(|m| &m.peer_urls)
+        .find(|u| u.is_tls() && !config.initial_advertise_peer_urls.contains(u));
+    if let (Some(url), None) = (dialed_https, &peer_client_tls) {
+        return Err(crate::error::TlsError::PeerDialWithoutCa(url.to_string()).into());
+    }
     let listeners = bind_all(&config.client_listen_addrs()).await?;
     let client_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let metrics_listeners = bind_all(&config.metrics_listen_addrs()).await?;
@@ -60,7 +71,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let peer_listeners = bind_all(&config.peer_listen_addrs()).await?;
 
     let data_dir = PathBuf::from(&config.data_dir);
-    let channels = PeerChannels::default();
+    let channels = PeerChannels::new(peer_client_tls);
     let boot = identity(&config, &data_dir, &channels).await?;
     channels.set_cluster_id(boot.cluster_id);
 
@@ -111,7 +122,9 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         leader_contact: Default::default(),
     });
     crate::metrics::watch_leader_changes(&node);
-    let peers = spawn_peer_server(node.clone(), peer_listeners);
+    let peer_listeners =
+        peer_listeners.into_iter().zip(peer_https).map(|(l, tls)| (l, tls.then(|| peer_acceptor.clone()).flatten()));
+    let peers = spawn_peer_server(node.clone(), peer_listeners.collect());
     // A single member elects itself at once; a member of a larger cluster waits for its peers as
     // long as it takes, as etcd does.
     let patience = if config.initial_cluster.len() > 1 || boot.joining { None } else { Some(Duration::from_secs(30)) };
@@ -130,7 +143,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let routes = crate::api::gateway::client_router(services, node.clone());
     // One stream of plain and TLS connections (TLS for the https:// URLs), TCP_NODELAY on each.
     let listeners = listeners.into_iter().zip(https).map(|(l, tls)| (l, tls.then(|| acceptor.clone()).flatten()));
-    let incoming = crate::api::tls::incoming(listeners.collect());
+    let incoming = crate::api::tls::incoming(listeners.collect(), "client");
     let metrics_tasks: Vec<_> = metrics_listeners
         .into_iter()
         .map(|listener| {
@@ -340,14 +353,14 @@ async fn publish(node: &Arc<Node>, config: &Config) {
     }
 }
 
-/// Serve the peer service until the returned task is aborted (after raft stopped).
-fn spawn_peer_server(node: Arc<Node>, listeners: Vec<TcpListener>) -> tokio::task::JoinHandle<()> {
-    let incoming = futures::stream::select_all(listeners.into_iter().map(TcpListenerStream::new)).map(|conn| {
-        conn.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
-    });
+/// Serve the peer service until the returned task is aborted (after raft stopped): plain on
+/// `http://` peer URLs, TLS on `https://` ones (certificates required and verified when a peer
+/// trusted CA or `--peer-client-cert-auth` is set, as etcd does).
+fn spawn_peer_server(
+    node: Arc<Node>,
+    listeners: Vec<(TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
+) -> tokio::task::JoinHandle<()> {
+    let incoming = crate::api::tls::incoming(listeners, "peer");
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(crate::raft::peer_service::server(node))

@@ -27,6 +27,9 @@ pub struct MemberSpec {
     pub listen_peer_url: String,
     /// What the other members dial (a proxy's URL, or `listen_peer_url`).
     pub advertise_peer_url: String,
+    /// Flags for this member only, after the cluster's (the last of a repeated flag wins, in etcd
+    /// and Keel alike), e.g. another member's certificate.
+    pub extra_args: Vec<String>,
 }
 
 /// A cluster to start: who is in it, and flags for every member.
@@ -60,6 +63,7 @@ impl ClusterSpec {
                 client_url: format!("http://127.0.0.1:{client_port}"),
                 listen_peer_url: peer_url.clone(),
                 advertise_peer_url: peer_url,
+                extra_args: Vec::new(),
             });
         }
         drop(held);
@@ -68,6 +72,16 @@ impl ClusterSpec {
 
     pub fn with_args(mut self, args: &[&str]) -> ClusterSpec {
         self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Every member's peer URLs with `https://` instead of `http://` (for peer TLS).
+    pub fn with_https_peers(mut self) -> ClusterSpec {
+        for m in &mut self.members {
+            for url in [&mut m.listen_peer_url, &mut m.advertise_peer_url] {
+                *url = url.replacen("http://", "https://", 1);
+            }
+        }
         self
     }
 
@@ -203,6 +217,7 @@ impl Cluster {
             .arg("--initial-cluster-state")
             .arg(&m.state)
             .args(&self.spec.extra_args)
+            .args(&m.spec.extra_args)
             .current_dir(m.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

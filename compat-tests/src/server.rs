@@ -248,6 +248,55 @@ pub fn server_command(binary: &Path, dir: &Path, log_path: &Path) -> Result<Comm
     Ok(cmd)
 }
 
+/// A fresh set of test certificates from `scripts/gen-certs.sh` (CA, server, peer, client and a
+/// second CA's client) in a temporary directory.
+pub fn gen_certs() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("keel-tls-certs-").tempdir().expect("temp dir");
+    let status = Command::new("bash")
+        .arg(workspace_root().join("scripts/gen-certs.sh"))
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .status()
+        .expect("running gen-certs.sh");
+    assert!(status.success(), "gen-certs.sh failed");
+    dir
+}
+
+/// Runs a one-member server binary directly (no readiness probe, no port retries) with
+/// `client_scheme` / `peer_scheme` URLs on free ports, and waits for it to exit on its own, as a
+/// start-up failure does; returns the exit success and the whole log.
+pub fn run_to_exit(kind: ServerKind, client_scheme: &str, peer_scheme: &str, flags: &[String]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let binary = match kind {
+        ServerKind::Etcd => etcd_bin_dir().join("etcd"),
+        ServerKind::Keel => keel_bin(),
+    };
+    let log = dir.path().join("server.log");
+    let client = format!("{client_scheme}://127.0.0.1:{}", free_port().expect("free port"));
+    let peer = format!("{peer_scheme}://127.0.0.1:{}", free_port().expect("free port"));
+    let mut child = server_command(&binary, dir.path(), &log)
+        .expect("server command")
+        .args(["--data-dir", "data", "--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .arg(format!("--initial-cluster=default={peer}"))
+        .args(flags)
+        .spawn()
+        .expect("spawning the server");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the server") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{kind} kept running: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.success(), std::fs::read_to_string(&log).unwrap_or_default())
+}
+
 /// A child's log file, opened for appending (kept across restarts), as its stdout and stderr.
 pub(crate) fn open_log(path: &Path) -> Result<(File, File), HarnessError> {
     let log = OpenOptions::new()

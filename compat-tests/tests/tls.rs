@@ -8,24 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use compat_tests::etcdctl::{cmd, mask_output, run_cmd, Mask};
-use compat_tests::server::{
-    connect, etcd_bin_dir, free_port, keel_bin, probe_range, server_command, workspace_root, Server, ServerKind,
-    TlsClientFiles,
-};
+use compat_tests::server::{connect, gen_certs, probe_range, run_to_exit, Server, ServerKind, TlsClientFiles};
 
 const KINDS: [ServerKind; 2] = [ServerKind::Etcd, ServerKind::Keel];
-
-fn gen_certs() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("keel-tls-certs-").tempdir().expect("temp dir");
-    let status = Command::new("bash")
-        .arg(workspace_root().join("scripts/gen-certs.sh"))
-        .arg(dir.path())
-        .stderr(Stdio::null())
-        .status()
-        .expect("running gen-certs.sh");
-    assert!(status.success(), "gen-certs.sh failed");
-    dir
-}
 
 fn path_arg(flag: &str, p: &Path) -> String {
     format!("--{flag}={}", p.display())
@@ -231,47 +216,13 @@ async fn cipher_suite_restriction_matches_etcd() {
     }
 }
 
-/// Runs the server binary directly (no readiness probe, no port retries) and waits for it to
-/// exit on its own, as a start-up failure does; returns the exit success and the whole log.
-fn run_to_exit(kind: ServerKind, flags: &[String]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let binary = match kind {
-        ServerKind::Etcd => etcd_bin_dir().join("etcd"),
-        ServerKind::Keel => keel_bin(),
-    };
-    let log = dir.path().join("server.log");
-    let client = format!("https://127.0.0.1:{}", free_port().unwrap());
-    let peer = format!("http://127.0.0.1:{}", free_port().unwrap());
-    let mut child = server_command(&binary, dir.path(), &log)
-        .unwrap()
-        .args(["--data-dir", "data", "--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-        .arg(format!("--initial-cluster=default={peer}"))
-        .args(flags)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{kind} kept running: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status.success(), std::fs::read_to_string(&log).unwrap_or_default())
-}
-
 #[test]
 fn unknown_cipher_suite_fails_the_start_like_etcd() {
     let certs = gen_certs();
     for kind in KINDS {
         let mut flags = server_flags(certs.path(), false);
         flags.push("--cipher-suites=TLS_NO_SUCH_SUITE".to_string());
-        let (ok, log) = run_to_exit(kind, &flags);
+        let (ok, log) = run_to_exit(kind, "https", "http", &flags);
         assert!(!ok, "{kind} exited successfully");
         // etcd logs JSON, where the quotes are escaped.
         let log = log.replace("\\\"", "\"");

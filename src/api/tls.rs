@@ -1,7 +1,9 @@
-//! TLS on the client port: builds the rustls server configuration from etcd's TLS settings
-//! (etcd's `transport.TLSInfo.ServerConfig`), reloads the serving certificate when its files change,
-//! turns the listeners into one stream of plain or TLS connections, and exposes the verified client
-//! certificate's common name (etcd's CN-as-user for `--client-cert-auth`).
+//! TLS on the client and peer ports: builds the rustls server configuration from etcd's TLS
+//! settings (etcd's `transport.TLSInfo.ServerConfig`, for `--*-file` and `--peer-*-file` alike),
+//! reloads the serving certificate when its files change, turns the listeners into one stream of
+//! plain or TLS connections, exposes the verified client certificate's common name (etcd's
+//! CN-as-user for `--client-cert-auth`), and builds the configuration a member dials `https://`
+//! peer URLs with (etcd's `TLSInfo.ClientConfig` for its peer transport).
 
 use std::fs;
 use std::io;
@@ -82,8 +84,7 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-/// A rustls server configuration from one side's TLS settings (client port today, peer port
-/// later): certificate and key reloaded on change, client certificates required and verified
+/// A rustls server configuration from one side's TLS settings (client or peer port): certificate and key reloaded on change, client certificates required and verified
 /// against the trusted CA when `client_cert_auth` is set or a trusted CA file is given (etcd
 /// requires them in both cases), TLS 1.2 minimum, etcd's cipher-suite names, ALPN `h2` and
 /// `http/1.1`.
@@ -96,6 +97,10 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
     let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) else {
         return Err(TlsError::MissingCertOrKey);
     };
+    // Checked before any file is read: a flag mistake is reported as such.
+    if settings.client_cert_auth && settings.trusted_ca_file.is_none() {
+        return Err(TlsError::ClientAuthWithoutCa(settings.flag_prefix));
+    }
     let resolver = Arc::new(ReloadingCert::load(cert.clone(), key.clone(), provider.clone())?);
 
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
@@ -113,8 +118,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
                 .map_err(|e| TlsError::Verifier(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
-        (None, true) => return Err(TlsError::ClientAuthWithoutCa),
-        (None, false) => builder.with_no_client_auth(),
+        (None, _) => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
     // etcd serves gRPC and its HTTP/JSON gateway on the same TLS port.
@@ -351,10 +355,14 @@ impl AsyncWrite for ClientIo {
 /// own task, so a slow or hostile client never holds up other accepts. Failed handshakes are
 /// logged as etcd logs them and never reach the server. The accept loops end once the returned
 /// stream is dropped.
-pub fn incoming(listeners: Vec<(TcpListener, Option<TlsAcceptor>)>) -> ReceiverStream<Result<ClientIo, io::Error>> {
+/// `endpoint` ("client" or "peer") names the port in those logs.
+pub fn incoming(
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    endpoint: &'static str,
+) -> ReceiverStream<Result<ClientIo, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     for (listener, acceptor) in listeners {
-        tokio::spawn(accept_loop(listener, acceptor, tx.clone()));
+        tokio::spawn(accept_loop(listener, acceptor, endpoint, tx.clone()));
     }
     ReceiverStream::new(rx)
 }
@@ -362,6 +370,7 @@ pub fn incoming(listeners: Vec<(TcpListener, Option<TlsAcceptor>)>) -> ReceiverS
 async fn accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
+    endpoint: &'static str,
     tx: mpsc::Sender<Result<ClientIo, io::Error>>,
 ) {
     loop {
@@ -373,7 +382,7 @@ async fn accept_loop(
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off rather than spin.
-                tracing::warn!(error = %e, "accepting a client connection failed");
+                tracing::warn!(error = %e, endpoint, "accepting a connection failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -397,8 +406,8 @@ async fn accept_loop(
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(ClientIo::Tls(Box::new(tls)))).await;
                         }
-                        Ok(Err(e)) => log_rejected(remote, &e.to_string()),
-                        Err(_) => log_rejected(remote, "TLS handshake timed out"),
+                        Ok(Err(e)) => log_rejected(endpoint, remote, &e.to_string()),
+                        Err(_) => log_rejected(endpoint, remote, "TLS handshake timed out"),
                     }
                 });
             }
@@ -406,16 +415,42 @@ async fn accept_loop(
     }
 }
 
-fn log_rejected(remote: SocketAddr, error: &str) {
-    tracing::warn!(remote_addr = %remote, error, "rejected connection on client endpoint");
+fn log_rejected(endpoint: &'static str, remote: SocketAddr, error: &str) {
+    // etcd's wording: "rejected connection on client endpoint" / "... on peer endpoint".
+    tracing::warn!(remote_addr = %remote, error, "rejected connection on {endpoint} endpoint");
 }
 
-/// The acceptor for the `https://` client listeners, when there are any.
-pub fn client_acceptor(settings: &TlsSettings, any_https: bool) -> Result<Option<TlsAcceptor>, TlsError> {
+/// The acceptor for one side's `https://` listeners (client or peer), when there are any.
+pub fn acceptor(settings: &TlsSettings, any_https: bool) -> Result<Option<TlsAcceptor>, TlsError> {
     if !any_https {
         return Ok(None);
     }
     Ok(Some(TlsAcceptor::from(server_config(settings)?)))
+}
+
+/// How a member dials `https://` peer URLs: the peer's certificate verified against
+/// `--peer-trusted-ca-file` (and its host or IP SAN), this member's `--peer-cert-file` /
+/// `--peer-key-file` presented as the client certificate that `--peer-client-cert-auth` asks
+/// for. `None` without a trusted CA: Go would fall back to the system store, which Keel does not
+/// read, so `https://` peers then cannot be dialed (the server refuses to start, see
+/// [`TlsError::PeerDialWithoutCa`]).
+pub fn peer_client_config(settings: &TlsSettings) -> Result<Option<tonic::transport::ClientTlsConfig>, TlsError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let Some(ca) = &settings.trusted_ca_file else {
+        return Ok(None);
+    };
+    // tonic's connector takes rustls' process default provider: make sure it is ours.
+    provider();
+    let read = |path: &Path, what: &'static str| {
+        fs::read(path).map_err(|e| TlsError::File { what, path: path.display().to_string(), reason: e.to_string() })
+    };
+    // Parsed here as well, so a file without a certificate fails the start rather than each dial.
+    read_certs(ca, "peer trusted CA file")?;
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "peer trusted CA file")?));
+    if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
+        config = config.identity(Identity::from_pem(read(cert, "certificate file")?, read(key, "key file")?));
+    }
+    Ok(Some(config))
 }
 
 #[cfg(test)]
@@ -480,7 +515,7 @@ mod tests {
             client_cert_auth: true,
             ..Default::default()
         };
-        assert!(matches!(server_config(&s), Err(TlsError::ClientAuthWithoutCa)));
+        assert!(matches!(server_config(&s), Err(TlsError::ClientAuthWithoutCa(""))));
         let no_key = TlsSettings { key_file: None, ..s.clone() };
         assert!(matches!(server_config(&no_key), Err(TlsError::MissingCertOrKey)));
         s.trusted_ca_file = Some(dir.path().join("ca.crt"));
@@ -541,11 +576,11 @@ mod tests {
             client_cert_auth: true,
             ..Default::default()
         };
-        let acceptor = client_acceptor(&settings, true).unwrap();
+        let acceptor = acceptor(&settings, true).unwrap();
         let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let plain_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (tls_addr, plain_addr) = (tls_listener.local_addr().unwrap(), plain_listener.local_addr().unwrap());
-        let mut conns = incoming(vec![(tls_listener, acceptor), (plain_listener, None)]);
+        let mut conns = incoming(vec![(tls_listener, acceptor), (plain_listener, None)], "client");
 
         // A client that connects and never says hello must not hold up the next one.
         let _stalled = TcpStream::connect(tls_addr).await.unwrap();

@@ -1,6 +1,8 @@
 //! How raft reaches other members: openraft's network over Keel's peer gRPC service
 //! (`proto/keelpeer/peer.proto`), one lazily connected tonic channel per peer URL. The role of
 //! etcd's rafthttp transport; the wire format is Keel's own (postcard-encoded openraft messages).
+//! `https://` peer URLs are dialed with TLS (`api::tls::peer_client_config`), as etcd's peer
+//! transport does with `--peer-trusted-ca-file` and the `--peer-cert-file` client certificate.
 //!
 //! A peer that cannot be connected to maps to openraft's `Unreachable` (openraft then backs off
 //! before trying again); any other transport failure is a `NetworkError` (retried at once).
@@ -20,7 +22,7 @@ use openraft::raft::{
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::keelpeer::peer_client::PeerClient;
 use crate::proto::keelpeer::Payload;
@@ -48,9 +50,16 @@ pub struct PeerChannels {
     /// Since when each peer has answered raft calls without a failure (etcd's transport
     /// `ActiveSince`), for the health checks of membership changes.
     active: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
+    /// How `https://` peer URLs are dialed; `None` when no peer trusted CA was configured.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl PeerChannels {
+    /// Channels that dial `https://` peer URLs with `tls`.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        PeerChannels { tls, ..Default::default() }
+    }
+
     /// Since when member `id` has been reachable without interruption, if it is now.
     pub fn active_since(&self, id: u64) -> Option<std::time::Instant> {
         self.active.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
@@ -86,8 +95,17 @@ impl PeerChannels {
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
-                let channel = Endpoint::from_shared(url.clone())
-                    .map_err(|e| format!("peer URL {url}: {e}"))?
+                let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("peer URL {url}: {e}"))?;
+                if url.starts_with("https://") {
+                    // The server refuses to start with https peers and no CA, so this is a peer
+                    // URL learnt later (MemberAdd) on a member configured for plain peers.
+                    let tls = self
+                        .tls
+                        .clone()
+                        .ok_or_else(|| format!("peer URL {url} is https but no peer TLS is configured"))?;
+                    endpoint = endpoint.tls_config(tls).map_err(|e| format!("peer URL {url}: {e}"))?;
+                }
+                let channel = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
