@@ -64,7 +64,11 @@ fi
 # ---------------------------------------------------------------------------------------------------
 etcd_version_ok() {
     [ -x "$etcd_bin/etcd" ] && [ -x "$etcd_bin/etcdctl" ] && [ -x "$etcd_bin/etcdutl" ] || return 1
-    "$etcd_bin/etcd" --version 2>/dev/null | grep -qx "etcd Version: $ETCD_VERSION"
+    # Read the whole output first: `grep -q` stops at its first match, and with pipefail the
+    # SIGPIPE that etcd then gets while printing the rest would fail the check at random.
+    local out
+    out="$("$etcd_bin/etcd" --version 2>/dev/null)" || return 1
+    grep -qx "etcd Version: $ETCD_VERSION" <<<"$out"
 }
 
 if etcd_version_ok; then
