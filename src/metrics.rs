@@ -90,15 +90,52 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         header(out, name, help, "histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The samples of one series; `labels` is empty or `key="value",` (with the trailing comma).
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (i, bound) in self.bounds.iter().enumerate() {
             cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
         }
         cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", f64::from_bits(self.sum.load(Ordering::Relaxed)));
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
+        let series = labels.trim_end_matches(',');
+        let braces = if series.is_empty() { String::new() } else { format!("{{{series}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", f64::from_bits(self.sum.load(Ordering::Relaxed)));
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+/// etcd's peer round-trip buckets: `prometheus.ExponentialBuckets(0.0001, 2, 16)`, 0.1 ms to 3.3 s.
+pub const PEER_RTT_BUCKETS: [f64; 16] = [
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048, 0.4096, 0.8192,
+    1.6384, 3.2768,
+];
+
+/// Round trips to each peer (`etcd_network_peer_round_trip_time_seconds{To="<member id>"}`). etcd
+/// measures them with a prober; Keel times the raft heartbeats it sends anyway (appends without
+/// entries), which carry no payload and make the peer do no disk work.
+static PEER_RTT: LazyLock<std::sync::Mutex<std::collections::BTreeMap<u64, Histogram>>> =
+    LazyLock::new(Default::default);
+
+pub fn observe_peer_rtt(to: u64, took: Duration) {
+    let mut peers = PEER_RTT.lock().unwrap_or_else(|p| p.into_inner());
+    peers.entry(to).or_insert_with(|| Histogram::new(&PEER_RTT_BUCKETS)).observe(took);
+}
+
+fn render_peer_rtt(out: &mut String) {
+    let peers = PEER_RTT.lock().unwrap_or_else(|p| p.into_inner());
+    // Like a Prometheus vector with no children, nothing is listed before the first round trip.
+    if peers.is_empty() {
+        return;
+    }
+    let name = "etcd_network_peer_round_trip_time_seconds";
+    header(out, name, "Round-Trip-Time histogram between peers", "histogram");
+    for (to, h) in peers.iter() {
+        h.render_series(out, name, &format!("To=\"{to:x}\","));
     }
 }
 
@@ -389,6 +426,7 @@ pub fn render(node: &Node) -> String {
     let _ = writeln!(o, "etcd_cluster_version{{cluster_version=\"{major_minor}\"}} 1");
 
     WAL_FSYNC.render(o, "etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.");
+    render_peer_rtt(o);
     BACKEND_COMMIT.render(
         o,
         "etcd_disk_backend_commit_duration_seconds",

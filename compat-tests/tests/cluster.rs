@@ -100,6 +100,13 @@ async fn three_keel_members_serve_writes_reads_and_leases_everywhere() {
     let reply = replies.message().await.expect("keep-alive reply").expect("one reply");
     assert_eq!((reply.id, reply.ttl), (granted.id, 60));
     converged(&cluster, Duration::from_secs(5)).await;
+
+    // The leader reports its round trips to each follower under etcd's metric name and `To` label.
+    let leader = cluster.leader().await.expect("a leader");
+    let page = compat_tests::http::get(&cluster.members[leader].client_addr(), "/metrics").await.expect("metrics");
+    let rtt_series =
+        page.text().lines().filter(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count{To=\"")).count();
+    assert_eq!(rtt_series, 2, "one round-trip series per follower:\n{}", page.text());
 }
 
 /// What varies between two clusters: ids, ports, and the order members are listed in (by id).

@@ -235,7 +235,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Method::Append, &rpc, option.hard_ttl()).await.map_err(CallError::rpc)
+        let heartbeat = rpc.entries.is_empty();
+        let started = std::time::Instant::now();
+        let answer = self.call(Method::Append, &rpc, option.hard_ttl()).await.map_err(CallError::rpc);
+        if heartbeat && answer.is_ok() {
+            crate::metrics::observe_peer_rtt(self.target, started.elapsed());
+        }
+        answer
     }
 
     async fn vote(
