@@ -84,9 +84,15 @@ async fn soak_mixed_faults() {
 /// The checks have teeth on a real cluster: serializable reads, which etcd serves from a member's
 /// local state, lag behind acknowledged writes on followers (already without faults; for seconds on
 /// a partitioned member), and the run must report them as not linearizable. Always against etcd,
-/// whose behaviour here is documented.
+/// whose behaviour here is documented. Whether a stale read happens within one short run is up to
+/// timing (a CI run once saw none), so this runs with `KEEL_SOAK=1`; in CI the checker's rejections
+/// are pinned by its unit tests on constructed histories (`compat_tests::porcupine`, `linz_watch`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_serializable_reads_are_caught() {
+    if !soak() {
+        eprintln!("skipped: set KEEL_SOAK=1 (a stale read within one short run depends on timing)");
+        return;
+    }
     let _turn = ONE_AT_A_TIME.lock().await;
     let cfg = RunConfig {
         kind: ServerKind::Etcd,
