@@ -168,6 +168,7 @@ enum JwtKeys {
     /// ES512 (ECDSA P-521 with SHA-512), which etcd accepts and jsonwebtoken lacks.
     Es512(es512::Es512Keys),
 }
+
 impl JwtTokens {
     /// Parse the `key=value` options after `jwt`. etcd knows exactly `pub-key`, `priv-key`,
     /// `sign-method` (required) and `ttl` (a Go duration, default 5m).
