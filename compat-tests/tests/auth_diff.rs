@@ -449,22 +449,23 @@ async fn auth_state_moves_through_snapshots_both_ways() {
 }
 
 /// With the same key pair, a JWT issued by etcd is accepted by Keel and one issued by Keel by
-/// etcd (each verifies the other's signature), for RSA and for EC keys in the SEC1 files that
-/// `openssl ecparam -genkey` writes.
+/// etcd (each verifies the other's signature), for RSA and for EC keys (P-256, and P-521 for
+/// ES512, which Keel signs without jsonwebtoken) in the SEC1 files that `openssl ecparam -genkey` writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_tokens_are_interchangeable_with_etcd() {
     if !chosen("auth_jwt_interop") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for method in ["RS256", "ES256"] {
+    for method in ["RS256", "ES256", "ES512"] {
         let (priv_key, pub_key) = (dir.path().join(format!("{method}.key")), dir.path().join(format!("{method}.pub")));
         let (priv_s, pub_s) = (priv_key.to_str().unwrap(), pub_key.to_str().unwrap());
         if method == "RS256" {
             openssl(&["genrsa", "-out", priv_s, "2048"]);
             openssl(&["rsa", "-in", priv_s, "-pubout", "-out", pub_s]);
         } else {
-            openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", priv_s]);
+            let curve = if method == "ES512" { "secp521r1" } else { "prime256v1" };
+            openssl(&["ecparam", "-name", curve, "-genkey", "-noout", "-out", priv_s]);
             openssl(&["ec", "-in", priv_s, "-pubout", "-out", pub_s]);
         }
         let flag = format!("jwt,pub-key={pub_s},priv-key={priv_s},sign-method={method}");
