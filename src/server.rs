@@ -140,7 +140,9 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
 
     let services = crate::api::routes(node.clone(), config.grpc_max_recv_bytes());
     let metrics_app = crate::api::gateway::metrics_router(services.clone(), node.clone());
-    let routes = crate::api::gateway::client_router(services, node.clone());
+    // etcd takes a client certificate's CN as the user only with --client-cert-auth (`AuthInfoFromTLS`
+    // is skipped otherwise, even though --trusted-ca-file alone already demands certificates).
+    let routes = crate::api::gateway::client_router(services, node.clone(), config.client_tls.client_cert_auth);
     // One stream of plain and TLS connections (TLS for the https:// URLs), TCP_NODELAY on each.
     let listeners = listeners.into_iter().zip(https).map(|(l, tls)| (l, tls.then(|| acceptor.clone()).flatten()));
     let incoming = crate::api::tls::incoming(listeners.collect(), "client");

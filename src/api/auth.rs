@@ -61,10 +61,14 @@ pub fn identity(node: &Node, metadata: &MetadataMap) -> Result<Option<AuthInfo>,
     credentials(metadata).map(|c| resolve(node, &c)).transpose()
 }
 
-/// Puts the verified client certificate's CN (if the connection has one) into the request's
-/// metadata under [`CLIENT_CN_KEY`], first dropping any value the client sent under that name.
-pub fn attach_client_certificate<B>(mut request: http::Request<B>) -> http::Request<B> {
+/// Puts the verified client certificate's CN (if the connection has one and `certificate_users`)
+/// into the request's metadata under [`CLIENT_CN_KEY`], first dropping any value the client sent
+/// under that name.
+pub fn attach_client_certificate<B>(mut request: http::Request<B>, certificate_users: bool) -> http::Request<B> {
     request.headers_mut().remove(CLIENT_CN_KEY);
+    if !certificate_users {
+        return request;
+    }
     let cn = request
         .extensions()
         .get::<crate::api::tls::ClientConnInfo>()

@@ -42,14 +42,14 @@ use crate::proto::v3lockpb::lock_client::LockClient;
 
 /// The client port's router: the gRPC `services`, counted by the gRPC metrics layer, and
 /// everything HTTP beside them.
-pub fn client_router(services: Routes, node: Arc<Node>) -> Routes {
+pub fn client_router(services: Routes, node: Arc<Node>, certificate_users: bool) -> Routes {
     // The layers wrap the services themselves, so the gateway's calls, which loop back through
     // them, are counted too (as in etcd). tonic's own transport errors (undecodable or oversized
     // requests) are rewritten into grpc-go's text here, so gateway calls see etcd's text too. One
     // `layer` call, so each RPC pays for one boxed route, not one per layer. The health probes read
     // through the bare services: etcd's call its server directly and are not in the gRPC metrics.
     let edge = tower::ServiceBuilder::new()
-        .map_request(crate::api::auth::attach_client_certificate)
+        .map_request(move |r| crate::api::auth::attach_client_certificate(r, certificate_users))
         .layer(crate::metrics::GrpcMetricsLayer)
         .map_response(|mut resp: Response| {
             crate::api::status::rewrite_transport_status(resp.headers_mut());
