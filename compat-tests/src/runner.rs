@@ -72,6 +72,17 @@ where
     results
 }
 
+/// Runs every check (`jobs()` at a time) and gives [`verdict`]'s answer under the title `what`.
+pub async fn check_all<T, F, Fut>(what: &str, items: Vec<(String, T)>, check: F) -> Result<(), String>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let results = run_parallel(items, jobs(), check).await;
+    verdict(what, &results)
+}
+
 /// `Ok` if every check passed, else one report listing the failed names and each failure in full.
 pub fn verdict(what: &str, results: &[CheckResult]) -> Result<(), String> {
     let failed: Vec<&CheckResult> = results.iter().filter(|r| r.result.is_err()).collect();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use compat_tests::etcdctl::{cmd, cmd_args, run_differential, Case, Cmd};
-use compat_tests::runner::{jobs, run_parallel, verdict};
+use compat_tests::runner::check_all;
 use compat_tests::server::connect;
 use compat_tests::{chosen, Server, ServerKind};
 use keel::proto::etcdserverpb::auth_client::AuthClient;
@@ -179,14 +179,11 @@ async fn etcdctl_auth_outputs_match_etcd() {
         .filter(|c| chosen(c.name))
         .map(|c| (c.name.to_string(), c))
         .collect();
-    let results =
-        run_parallel(
-            items,
-            jobs(),
-            move |case| async move { run_differential(&case, ServerKind::Etcd, candidate).await },
-        )
-        .await;
-    if let Err(report) = verdict(&format!("auth etcdctl cases (etcd vs {candidate})"), &results) {
+    let checked = check_all(&format!("auth etcdctl cases (etcd vs {candidate})"), items, move |case| async move {
+        run_differential(&case, ServerKind::Etcd, candidate).await
+    })
+    .await;
+    if let Err(report) = checked {
         panic!("{report}");
     }
 }

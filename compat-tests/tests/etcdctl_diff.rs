@@ -3,7 +3,7 @@
 //! `KEEL_SCENARIO` and `KEEL_COMPAT_CANDIDATE` work as in kv_diff.
 
 use compat_tests::etcdctl::{run_differential, selected_cases};
-use compat_tests::runner::{jobs, run_parallel, verdict};
+use compat_tests::runner::check_all;
 use compat_tests::ServerKind;
 
 /// The server checked against etcd: the one line to switch (KEEL_COMPAT_CANDIDATE overrides it).
@@ -13,14 +13,11 @@ const CANDIDATE: ServerKind = ServerKind::Keel;
 async fn etcdctl_outputs_match_etcd() {
     let candidate = ServerKind::from_env_or(CANDIDATE);
     let items = selected_cases().into_iter().map(|c| (c.name.to_string(), c)).collect();
-    let results =
-        run_parallel(
-            items,
-            jobs(),
-            move |case| async move { run_differential(&case, ServerKind::Etcd, candidate).await },
-        )
-        .await;
-    if let Err(report) = verdict(&format!("etcdctl cases (etcd vs {candidate})"), &results) {
+    let checked = check_all(&format!("etcdctl cases (etcd vs {candidate})"), items, move |case| async move {
+        run_differential(&case, ServerKind::Etcd, candidate).await
+    })
+    .await;
+    if let Err(report) = checked {
         panic!("{report}");
     }
 }

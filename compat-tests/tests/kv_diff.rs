@@ -3,7 +3,7 @@
 //! `KEEL_SCENARIO=name,prefix*` selects scenarios; `KEEL_COMPAT_CANDIDATE=etcd` checks etcd against
 //! itself (proves the normalisation); `KEEL_COMPAT_JOBS` sets the parallelism.
 
-use compat_tests::runner::{jobs, run_parallel, verdict};
+use compat_tests::runner;
 use compat_tests::scenario::run_differential;
 use compat_tests::scenarios;
 use compat_tests::ServerKind;
@@ -13,11 +13,11 @@ const CANDIDATE: ServerKind = ServerKind::Keel;
 
 async fn check_all(selected: Vec<compat_tests::Scenario>, candidate: ServerKind) -> Result<(), String> {
     let items = selected.into_iter().map(|s| (s.name.to_string(), s)).collect();
-    let results = run_parallel(items, jobs(), move |scenario| async move {
+    let what = format!("kv scenarios (etcd vs {candidate})");
+    runner::check_all(&what, items, move |scenario| async move {
         run_differential(&scenario, ServerKind::Etcd, candidate).await
     })
-    .await;
-    verdict(&format!("kv scenarios (etcd vs {candidate})"), &results)
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,7 +3,7 @@
 //! `KEEL_SCENARIO`, `KEEL_COMPAT_CANDIDATE`, `KEEL_COMPAT_JOBS` and `KEEL_COMPAT_DUMP` work as in
 //! kv_diff.
 
-use compat_tests::runner::{jobs, run_parallel, verdict};
+use compat_tests::runner::check_all;
 use compat_tests::watch::run_differential;
 use compat_tests::watch_scenarios::selected;
 use compat_tests::ServerKind;
@@ -15,11 +15,11 @@ const CANDIDATE: ServerKind = ServerKind::Keel;
 async fn watch_scenarios_match_etcd() {
     let candidate = ServerKind::from_env_or(CANDIDATE);
     let items = selected().into_iter().map(|s| (s.name.to_string(), s)).collect();
-    let results = run_parallel(items, jobs(), move |scenario| async move {
+    let checked = check_all(&format!("watch scenarios (etcd vs {candidate})"), items, move |scenario| async move {
         run_differential(&scenario, ServerKind::Etcd, candidate).await
     })
     .await;
-    if let Err(report) = verdict(&format!("watch scenarios (etcd vs {candidate})"), &results) {
+    if let Err(report) = checked {
         panic!("{report}");
     }
 }
