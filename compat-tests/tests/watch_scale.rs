@@ -39,6 +39,8 @@ async fn ten_thousand_watchers_over_a_hundred_streams() {
     // Warm up the KV path and one watch stream, so their one-off allocations are not counted.
     let warm = WatchConn::open(&server, false).await.unwrap();
     warm.create(WatchCreateRequest { key: b"warm".to_vec(), ..Default::default() }).await;
+    // The put must follow the created reply: a put racing the create may precede the watcher.
+    assert!(warm.wait_for(Duration::from_secs(5), |rs| rs.iter().any(|r| r.created)).await);
     kv.put(PutRequest { key: b"warm".to_vec(), value: b"1".to_vec(), ..Default::default() }).await.unwrap();
     assert!(warm.wait_for(Duration::from_secs(5), |rs| rs.iter().any(|r| !r.events.is_empty())).await);
 
