@@ -16,6 +16,11 @@ use keel::proto::etcdserverpb::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+// The load generator shares the machine with the server under test: the less CPU it spends per
+// request, the less it caps what either server can show.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "keel-bench", about = "Load generator for etcd v3 endpoints")]
 struct Args {

@@ -4,6 +4,11 @@
 
 use tracing_subscriber::EnvFilter;
 
+// Every request allocates and frees a few dozen small buffers (HTTP/2 frames, protobuf messages);
+// glibc's malloc spent ~9% of the server's CPU on them under load, mimalloc a third of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // The snapshot tool has etcdutl's flags, not the server's: dispatch before the server parses.

@@ -87,11 +87,15 @@ pub async fn change(node: &Node, change: MemberChange) -> Result<(Option<MemberI
 /// The leader's half of [`change`].
 pub async fn change_here(node: &Node, change: MemberChange) -> Result<(Option<MemberInfo>, Vec<MemberInfo>)> {
     let deadline = tokio::time::Instant::now() + node.limits.request_timeout;
-    // openraft takes one membership change at a time; etcd queues them. Wait our turn.
+    // openraft takes one membership change at a time; etcd queues them. Wait our turn: the one in
+    // progress ends with a change of the membership (or of leadership), which the metrics show.
+    let mut metrics = node.raft.metrics();
     loop {
         match change_once(node, &change).await {
             Err(Retry::InProgress) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                if let Ok(Err(_)) = tokio::time::timeout_at(deadline, metrics.changed()).await {
+                    return Err(Error::Stopped);
+                }
             }
             Err(Retry::InProgress) => return Err(Error::Timeout),
             Err(Retry::Fail(e)) => return Err(e),

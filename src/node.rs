@@ -101,10 +101,12 @@ impl Node {
 
     /// Whether this member is a learner (not a voter) in the membership it knows.
     pub fn is_learner(&self) -> bool {
+        // Asked on every request: look at the membership in place rather than cloning it.
         let metrics = self.raft.metrics();
-        let stored = metrics.borrow_watched().membership_config.clone();
-        let voter = stored.membership().voter_ids().any(|id| id == self.member_id);
-        !voter && stored.membership().get_node(&self.member_id).is_some()
+        let watched = metrics.borrow_watched();
+        let membership = watched.membership_config.membership();
+        let voter = membership.voter_ids().any(|id| id == self.member_id);
+        !voter && membership.get_node(&self.member_id).is_some()
     }
 
     pub fn mvcc(&self) -> Arc<MvccStore> {
@@ -163,6 +165,7 @@ impl Node {
             leader,
             is_leader,
             last_index: m.last_log_index.unwrap_or(0),
+            commit_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
             applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
         }
     }
@@ -218,6 +221,8 @@ pub struct RaftStatus {
     pub leader: Option<u64>,
     pub is_leader: bool,
     pub last_index: u64,
+    /// The highest log index this member knows committed (etcd's Status `raftIndex`).
+    pub commit_index: u64,
     pub applied_index: u64,
 }
 

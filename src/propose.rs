@@ -50,7 +50,7 @@ pub async fn propose_as(node: &Node, request: Request, user: Option<&AuthInfo>) 
 /// Propose on this member, which must lead, and wait for the applied result.
 pub async fn write_here(node: &Node, command: RaftCommand) -> Result<CommandResult> {
     let status = node.raft_status();
-    if status.last_index > status.applied_index + MAX_APPLY_LAG {
+    if status.commit_index > status.applied_index + MAX_APPLY_LAG {
         return Err(Error::TooManyRequests);
     }
     let grant = matches!(command.request, Request::LeaseGrant(_));

@@ -75,7 +75,8 @@ impl Maintenance for MaintenanceService {
             version: ETCD_VERSION.to_string(),
             db_size: size.total_bytes as i64,
             leader: raft.leader.unwrap_or(0),
-            raft_index: raft.last_index,
+            // etcd reports the committed index here, not the last index in its log.
+            raft_index: raft.commit_index,
             raft_term: raft.term,
             raft_applied_index: raft.applied_index,
             errors,
