@@ -7,16 +7,19 @@
 //! `call_leader` is the client half; `answer` (run by `raft/peer_service.rs` on the leader) the
 //! server half. Errors travel as their text and come back as the same [`Error`].
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use crate::apply::command::{CommandResult, RaftCommand};
 use crate::error::{Error, Result};
 use crate::membership::MemberChange;
 use crate::node::MemberInfo;
 use crate::node::Node;
-use crate::raft::network::{decode, encode, not_delivered};
+use crate::raft::network::{decode, encode, not_delivered, PeerChannels};
+use crate::raft::types::PeerNode;
 
 /// A request only the leader answers.
 #[derive(Serialize, Deserialize, Debug)]
@@ -32,6 +35,8 @@ pub enum LeaderCall {
     },
     /// A membership change; answered with the member list after it.
     Member(MemberChange),
+    /// Several calls (each encoded on its own), answered one by one: see [`LeaderCallBatcher`].
+    Batch(Vec<Vec<u8>>),
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -45,6 +50,8 @@ pub enum LeaderAnswer {
         changed: Option<MemberInfo>,
         members: Vec<MemberInfo>,
     },
+    /// A [`LeaderCall::Batch`]'s answers, in its order.
+    Batch(Vec<std::result::Result<LeaderAnswer, String>>),
 }
 
 /// How long to wait between looks for a leader while there is none (or it just changed).
@@ -62,7 +69,10 @@ pub async fn call_leader(node: &Node, call: LeaderCall, timeout: Duration) -> Re
         let status = node.raft_status();
         let attempt = match status.leader {
             Some(leader) if leader == node.member_id => answer(node, &call).await,
-            Some(leader) => remote(node, leader, &call, deadline).await,
+            Some(leader) => match Lane::of(&call) {
+                Some(lane) => node.leader_calls.call(node, lane, leader, &call, deadline).await,
+                None => remote(node, leader, &call, deadline).await,
+            },
             None => Err(Error::NoLeader),
         };
         match attempt {
@@ -124,12 +134,222 @@ pub async fn answer(node: &Node, call: &LeaderCall) -> Result<LeaderAnswer> {
         LeaderCall::Member(change) => crate::membership::change_here(node, change.clone())
             .await
             .map(|(changed, members)| LeaderAnswer::Members { changed, members }),
+        LeaderCall::Batch(_) => Err(Error::Internal("a batch of leader calls inside another".into())),
     }
 }
 
-/// Serve a peer's `Leader` call: the answer or the error's text.
+/// Serve a peer's `Leader` call: the answer or the error's text. A batch's calls run concurrently,
+/// each answered (or failed) on its own, as if they had come one by one.
 pub async fn serve(node: &Node, call: LeaderCall) -> std::result::Result<LeaderAnswer, String> {
-    answer(node, &call).await.map_err(|e| e.to_string())
+    match call {
+        LeaderCall::Batch(calls) => {
+            let answers = futures::future::join_all(calls.iter().map(|bytes| async move {
+                let call: LeaderCall =
+                    postcard::from_bytes(bytes).map_err(|e| format!("undecodable leader call: {e}"))?;
+                answer(node, &call).await.map_err(|e| e.to_string())
+            }))
+            .await;
+            Ok(LeaderAnswer::Batch(answers))
+        }
+        call => answer(node, &call).await.map_err(|e| e.to_string()),
+    }
+}
+
+/// The kinds of leader call that are batched, each in its own lane so that quick keep-alives never
+/// wait for writes to commit.
+#[derive(Clone, Copy)]
+pub enum Lane {
+    Writes = 0,
+    KeepAlives = 1,
+}
+
+impl Lane {
+    fn of(call: &LeaderCall) -> Option<Lane> {
+        match call {
+            LeaderCall::Write(_) => Some(Lane::Writes),
+            LeaderCall::KeepAlive(_) => Some(Lane::KeepAlives),
+            // Read-index rounds are already shared by every reader of this member (`read.rs`);
+            // the rest are rare.
+            _ => None,
+        }
+    }
+}
+
+/// At most this many batches of one lane are on their way to the leader at once. While one is,
+/// new calls queue, and the next batch takes all of them: under load a follower forwards many
+/// writes per peer call, as etcd's follower forwards many proposals per raft message; when idle a
+/// call leaves at once. One measured best on a three-member cluster under 100 writers (fewer
+/// peer calls, and the p99 no worse than with 2 or 4).
+const BATCHES_IN_FLIGHT: usize = 1;
+/// A batch stops growing past this many calls or encoded bytes (a single larger call still goes).
+const BATCH_CALLS: usize = 256;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Follower-side batching of calls to the leader. Each call of the unbatched protocol costs a peer
+/// gRPC request on both members (HTTP/2 stream, task, headers); on a three-member cluster under
+/// write load that made a forwarded write cost a follower about three times what the write costs
+/// the leader.
+#[derive(Default)]
+pub struct LeaderCallBatcher {
+    lanes: [Arc<Mutex<LaneQueue>>; 2],
+}
+
+#[derive(Default)]
+struct LaneQueue {
+    sending: usize,
+    queue: Vec<Queued>,
+}
+
+struct Queued {
+    leader: u64,
+    peer: PeerNode,
+    call: Vec<u8>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<LeaderAnswer>>,
+}
+
+fn lock(lane: &Mutex<LaneQueue>) -> std::sync::MutexGuard<'_, LaneQueue> {
+    lane.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LeaderCallBatcher {
+    /// `remote`, batched: the same answers and errors, each call judged on its own.
+    async fn call(
+        &self,
+        node: &Node,
+        lane: Lane,
+        leader: u64,
+        call: &LeaderCall,
+        deadline: Instant,
+    ) -> Result<LeaderAnswer> {
+        let Some(peer) = node.peer_node(leader) else {
+            return Err(Error::NotLeader);
+        };
+        let bytes = postcard::to_allocvec(call).map_err(|e| Error::Internal(e.to_string()))?;
+        let (reply, answer) = oneshot::channel();
+        let queue = &self.lanes[lane as usize];
+        let start_sender = {
+            let mut q = lock(queue);
+            q.queue.push(Queued { leader, peer, call: bytes, deadline, reply });
+            let start = q.sending < BATCHES_IN_FLIGHT;
+            if start {
+                q.sending += 1;
+            }
+            start
+        };
+        if start_sender {
+            tokio::spawn(send_batches(queue.clone(), node.peer_channels.clone()));
+        }
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::TimeoutConnectionLost),
+        }
+    }
+}
+
+/// One of a lane's senders: send what is queued (calls for one leader per batch) until nothing is.
+async fn send_batches(queue: Arc<Mutex<LaneQueue>>, channels: PeerChannels) {
+    loop {
+        let batch = {
+            let mut q = lock(&queue);
+            let Some(first) = q.queue.first() else {
+                q.sending -= 1;
+                return;
+            };
+            let leader = first.leader;
+            let (mut calls, mut bytes) = (0, 0);
+            let mut batch = Vec::new();
+            let mut rest = Vec::new();
+            for item in q.queue.drain(..) {
+                let fits = calls < BATCH_CALLS && (calls == 0 || bytes + item.call.len() <= BATCH_BYTES);
+                if item.leader == leader && fits {
+                    calls += 1;
+                    bytes += item.call.len();
+                    batch.push(item);
+                } else {
+                    rest.push(item);
+                }
+            }
+            q.queue = rest;
+            batch
+        };
+        send_batch(&channels, batch).await;
+    }
+}
+
+async fn send_batch(channels: &PeerChannels, batch: Vec<Queued>) {
+    // Callers have given up by their own deadlines; the batch lives as long as the most patient.
+    let deadline = batch.iter().map(|q| q.deadline).max().unwrap_or_else(Instant::now);
+    let peer = batch[0].peer.clone();
+    let (calls, replies): (Vec<Vec<u8>>, Vec<_>) = batch.into_iter().map(|q| (q.call, q.reply)).unzip();
+    let outcome = call_batch(channels, &peer, calls, deadline).await;
+    match outcome {
+        Ok(answers) if answers.len() == replies.len() => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer.map_err(|text| Error::from_text(&text)));
+            }
+        }
+        Ok(answers) => {
+            let text = format!("the leader answered {} of {} batched calls", answers.len(), replies.len());
+            for reply in replies {
+                let _ = reply.send(Err(Error::Internal(text.clone())));
+            }
+        }
+        // The whole batch failed the way one call would have: every call gets that error.
+        Err(failure) => {
+            for reply in replies {
+                let _ = reply.send(Err(failure.to_error()));
+            }
+        }
+    }
+}
+
+/// Why a whole batch failed, as [`remote`] would have answered each of its calls.
+enum BatchFailure {
+    Timeout,
+    NotLeader,
+    ConnectionLost,
+    Text(String),
+}
+
+impl BatchFailure {
+    fn to_error(&self) -> Error {
+        match self {
+            BatchFailure::Timeout => Error::Timeout,
+            BatchFailure::NotLeader => Error::NotLeader,
+            BatchFailure::ConnectionLost => Error::TimeoutConnectionLost,
+            BatchFailure::Text(text) => Error::from_text(text),
+        }
+    }
+}
+
+async fn call_batch(
+    channels: &PeerChannels,
+    peer: &PeerNode,
+    calls: Vec<Vec<u8>>,
+    deadline: Instant,
+) -> std::result::Result<Vec<std::result::Result<LeaderAnswer, String>>, BatchFailure> {
+    let mut client = channels.client(peer).map_err(BatchFailure::Text)?;
+    let mut request = channels.request(encode(&LeaderCall::Batch(calls)));
+    let left = deadline.saturating_duration_since(Instant::now());
+    request.set_timeout(left);
+    match tokio::time::timeout(left, client.leader(request)).await {
+        Err(_) => Err(BatchFailure::Timeout),
+        Ok(Err(status)) if not_delivered(&status) => Err(BatchFailure::NotLeader),
+        Ok(Err(status)) => {
+            tracing::debug!(leader = %peer, %status, "batched call to the leader failed");
+            Err(BatchFailure::ConnectionLost)
+        }
+        Ok(Ok(resp)) => {
+            let answer: std::result::Result<LeaderAnswer, String> =
+                decode(&resp.into_inner()).map_err(BatchFailure::Text)?;
+            match answer.map_err(BatchFailure::Text)? {
+                LeaderAnswer::Batch(answers) => Ok(answers),
+                other => Err(BatchFailure::Text(unexpected(&other).to_string())),
+            }
+        }
+    }
 }
 
 /// A keep-alive, renewed by the leader wherever it was asked.

@@ -83,6 +83,10 @@ pub struct LeaseClock {
     queue: Mutex<ExpiryQueue>,
     /// True while this member is leader and its deadlines are armed (etcd's `isPrimary`).
     primary: AtomicBool,
+    /// Leases granted while this member leads but is not yet primary (it is applying the log
+    /// written before its election): armed at promotion with their own TTL from their grant, not
+    /// extended as the leases of a previous leader are.
+    granted_while_promoting: Mutex<Vec<(i64, u64, Instant)>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -93,6 +97,7 @@ impl LeaseClock {
             settings,
             queue: Mutex::new(ExpiryQueue::default()),
             primary: AtomicBool::new(false),
+            granted_while_promoting: Mutex::new(Vec::new()),
             task: Mutex::new(None),
         }
     }
@@ -126,7 +131,26 @@ impl LeaseClock {
         for info in self.lessor.all() {
             q.arm(info.id, info.epoch, after(base, info.resume_ttl()));
         }
+        for (id, epoch, at) in self.granted_while_promoting().drain(..) {
+            q.arm(id, epoch, at);
+        }
         self.primary.store(true, Ordering::Release);
+    }
+
+    fn granted_while_promoting(&self) -> MutexGuard<'_, Vec<(i64, u64, Instant)>> {
+        self.granted_while_promoting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// While this member leads but waits to be primary: remember the grants applied meanwhile.
+    fn note_grants_while_promoting(&self, now: Instant) {
+        let mut granted = self.granted_while_promoting();
+        for change in self.lessor.take_changes() {
+            match change {
+                LeaseChange::Granted(info) => granted.push((info.id, info.epoch, after(now, info.ttl))),
+                LeaseChange::Revoked { id, epoch } => granted.retain(|g| (g.0, g.1) != (id, epoch)),
+                LeaseChange::Reset => granted.clear(),
+            }
+        }
     }
 
     /// This member stopped leading: forget every deadline (etcd's `Demote`).
@@ -134,6 +158,7 @@ impl LeaseClock {
         let mut q = self.queue();
         self.primary.store(false, Ordering::Release);
         q.clear();
+        self.granted_while_promoting().clear();
     }
 
     /// Keep-alive of lease `id` at `now`: the full granted TTL from now on (etcd's `lessor.Renew`).
@@ -221,7 +246,12 @@ impl LeaseClock {
     /// now rather than at the task's next look, so TimeToLive right after the grant says 59 for a
     /// 60 s lease, as etcd's does.
     pub fn grant_applied(&self) {
-        self.absorb(Instant::now());
+        if self.is_primary() {
+            self.absorb(Instant::now());
+        } else {
+            // A leader still applying its predecessor's log: keep the grant for the promotion.
+            self.note_grants_while_promoting(Instant::now());
+        }
     }
 
     /// Take in the lessor's grants and revokes since the last look.
@@ -310,7 +340,8 @@ impl LeaseClock {
     /// Start the task that follows leadership, revokes expired leases and checkpoints. Arms the
     /// deadlines at once if this member already leads, so no request sees an unarmed lease.
     pub fn start(self: &Arc<Self>, node: Arc<Node>) {
-        if node.raft_status().is_leader {
+        let status = node.raft_status();
+        if status.is_leader && status.applied_index >= status.last_index {
             self.promote(Instant::now());
         }
         let clock = self.clone();
@@ -335,15 +366,33 @@ impl LeaseClock {
     async fn run(self: Arc<Self>, node: Arc<Node>) {
         let mut budget = RevokeBudget::new(Instant::now());
         let mut next_checkpoint = after_duration(Instant::now(), self.settings.checkpoint_interval);
+        // The log index this member's log ended at when it was found leading: deadlines are armed
+        // from the lessor's checkpoints only once everything up to there is applied. The committed
+        // index is persisted lazily (`raft/log_store.rs`), so a restarted leader applies the tail of
+        // its log after the election; arming earlier took a superseded checkpoint and gave leases
+        // seconds they had already used.
+        let mut promote_at: Option<u64> = None;
         loop {
             let now = Instant::now();
-            let leader = node.raft_status().is_leader;
-            if leader && !self.is_primary() {
-                self.promote(now);
-            } else if !leader && self.is_primary() {
-                self.demote();
+            let status = node.raft_status();
+            if !status.is_leader {
+                promote_at = None;
+                self.granted_while_promoting().clear();
+                if self.is_primary() {
+                    self.demote();
+                }
+            } else if !self.is_primary() {
+                self.note_grants_while_promoting(now);
+                let applied_through = *promote_at.get_or_insert(status.last_index);
+                if status.applied_index >= applied_through {
+                    self.promote(now);
+                    promote_at = None;
+                }
             }
-            self.absorb(now);
+            // While promotion waits, grants are noted above, not dropped here.
+            if self.is_primary() || !status.is_leader {
+                self.absorb(now);
+            }
             if self.is_primary() {
                 let expired = self.take_expired(now, budget.available(now));
                 budget.spend(expired.len());
@@ -368,7 +417,9 @@ impl LeaseClock {
                     next_checkpoint = after_duration(Instant::now(), self.settings.checkpoint_interval);
                 }
             }
-            let wake = self.queue().next().map_or(TICK, |at| at.saturating_duration_since(Instant::now()).min(TICK));
+            // A leader waiting to be primary looks again soon: lease calls are refused until then.
+            let tick = if promote_at.is_some() { Duration::from_millis(5) } else { TICK };
+            let wake = self.queue().next().map_or(tick, |at| at.saturating_duration_since(Instant::now()).min(tick));
             tokio::time::sleep(wake.max(Duration::from_millis(5))).await;
         }
     }

@@ -510,15 +510,17 @@ pub fn render(node: &Node) -> String {
         "counter",
         LEADER_CHANGES.get(),
     );
+    let applied = raft.applied_index.max(node.applier.applying_index());
     sample(
         o,
         "etcd_server_proposals_applied_total",
         "The total number of consensus proposals applied.",
         "gauge",
-        raft.applied_index,
+        applied,
     );
-    // etcd reports raft's commit index here (a gauge, despite the name).
-    let committed = node.raft.metrics().borrow_watched().local_committed.as_ref().map(|l| l.index).unwrap_or(0);
+    // etcd reports raft's commit index here (a gauge, despite the name); never behind what was
+    // applied, whichever of the two openraft's metrics have caught up with.
+    let committed = raft.commit_index.max(applied);
     sample(
         o,
         "etcd_server_proposals_committed_total",

@@ -51,6 +51,8 @@ pub struct Node {
     pub request_ids: RequestIds,
     pub db_size: SizeCache,
     pub read_batcher: crate::read::ReadBatcher,
+    /// Writes and keep-alives this member forwards to the leader, batched per peer call.
+    pub leader_calls: crate::forward::LeaderCallBatcher,
     /// The leader's lease deadlines (keep-alives, expiry).
     pub leases: Arc<LeaseClock>,
     /// Set once the member is asked to stop: calls that may wait without end (Lock, Campaign,

@@ -116,6 +116,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         request_ids: Default::default(),
         db_size: Default::default(),
         read_batcher: Default::default(),
+        leader_calls: Default::default(),
         leases,
         stopping: tokio::sync::watch::channel(false).0,
         peer_channels: channels,

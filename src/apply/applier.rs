@@ -87,6 +87,12 @@ impl Applier {
         self.index.store(index, AtomicOrdering::Relaxed);
     }
 
+    /// The raft index of the last entry handed to apply. openraft's metrics report the applied
+    /// index only some time after the client has its answer; this is already there.
+    pub fn applying_index(&self) -> u64 {
+        self.index.load(AtomicOrdering::Relaxed)
+    }
+
     /// The lessor readers (the leader's lease clock, the Lease API) share.
     pub fn lessor(&self) -> &Arc<Lessor> {
         &self.lessor

@@ -257,3 +257,24 @@ fn revokes_are_paced_at_etcds_rate() {
     let took = t - t0;
     assert!(took >= Duration::from_millis(2500) && took <= Duration::from_millis(2700), "{took:?}");
 }
+
+/// A new leader applies the log written before its election before arming deadlines. A lease
+/// checkpointed in that log resumes with the checkpoint (plus etcd's extension); a lease granted
+/// meanwhile, in this leadership, runs its own TTL from its grant and is not extended.
+#[test]
+fn grants_applied_while_promoting_are_not_extended() {
+    let f = fixture();
+    let t0 = Instant::now();
+    // Granted and checkpointed under the previous leader, seen here as a follower.
+    f.grant(1, 30);
+    f.checkpoint(&[LeaseCheckpoint { id: 1, remaining_ttl: 12 }]);
+    f.clock.absorb(t0);
+    f.clock.note_grants_while_promoting(t0);
+    f.grant(2, 10);
+    f.clock.note_grants_while_promoting(t0);
+    f.clock.promote(t0 + S);
+    // Lease 1: its checkpoint plus one election timeout, from the promotion.
+    assert_eq!(f.ttl(1, t0 + S), 13);
+    // Lease 2: ten seconds from its grant, one of them already gone.
+    assert_eq!(f.ttl(2, t0 + S), 9);
+}
