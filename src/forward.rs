@@ -143,6 +143,15 @@ pub async fn answer(node: &Node, call: &LeaderCall) -> Result<LeaderAnswer> {
 pub async fn serve(node: &Node, call: LeaderCall) -> std::result::Result<LeaderAnswer, String> {
     match call {
         LeaderCall::Batch(calls) => {
+            // A batch of writes goes to raft as one proposal message.
+            if node.raft_status().is_leader {
+                if let Some(commands) = decode_writes(&calls) {
+                    let written = crate::propose::write_many_here(node, commands).await;
+                    return Ok(LeaderAnswer::Batch(
+                        written.into_iter().map(|w| w.map(LeaderAnswer::Written).map_err(|e| e.to_string())).collect(),
+                    ));
+                }
+            }
             let answers = futures::future::join_all(calls.iter().map(|bytes| async move {
                 let call: LeaderCall =
                     postcard::from_bytes(bytes).map_err(|e| format!("undecodable leader call: {e}"))?;
@@ -153,6 +162,17 @@ pub async fn serve(node: &Node, call: LeaderCall) -> std::result::Result<LeaderA
         }
         call => answer(node, &call).await.map_err(|e| e.to_string()),
     }
+}
+
+/// The commands of a batch that holds only writes (the writes lane's batches), else None.
+fn decode_writes(calls: &[Vec<u8>]) -> Option<Vec<RaftCommand>> {
+    calls
+        .iter()
+        .map(|bytes| match postcard::from_bytes::<LeaderCall>(bytes) {
+            Ok(LeaderCall::Write(command)) => Some(command),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The kinds of leader call that are batched, each in its own lane so that quick keep-alives never

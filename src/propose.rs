@@ -76,6 +76,49 @@ pub async fn write_here(node: &Node, command: RaftCommand) -> Result<CommandResu
     written
 }
 
+/// [`write_here`] for several commands at once (a follower's forwarded batch): proposed to raft in
+/// one message, each answered on its own, in order.
+pub async fn write_many_here(node: &Node, commands: Vec<RaftCommand>) -> Vec<Result<CommandResult>> {
+    use futures::StreamExt;
+    let count = commands.len();
+    let status = node.raft_status();
+    if status.commit_index > status.applied_index + MAX_APPLY_LAG {
+        return (0..count).map(|_| Err(Error::TooManyRequests)).collect();
+    }
+    let grants = commands.iter().any(|c| matches!(c.request, Request::LeaseGrant(_)));
+    let pending: Vec<_> = (0..count).map(|_| crate::metrics::PendingProposal::start()).collect();
+    let written = tokio::time::timeout(node.limits.request_timeout, async {
+        let mut results = Vec::with_capacity(count);
+        match node.raft.client_write_many(commands).await {
+            Err(_) => {}
+            Ok(mut stream) => {
+                while let Some(item) = stream.next().await {
+                    results.push(match item {
+                        Err(_) => Err(Error::Stopped),
+                        Ok(Err(e)) => Err(map_write_error(RaftError::APIError(e))),
+                        Ok(Ok(written)) => Ok(written.response),
+                    });
+                }
+            }
+        }
+        results
+    })
+    .await;
+    drop(pending);
+    let mut results = written.unwrap_or_default();
+    // Whatever raft did not answer (stopped, or past the request timeout) failed as one write would.
+    while results.len() < count {
+        results.push(Err(if *node.stopping.borrow() { Error::Stopped } else { Error::Timeout }));
+    }
+    if grants {
+        node.leases.grant_applied();
+    }
+    for _ in results.iter().filter(|r| r.is_err()) {
+        crate::metrics::PROPOSALS_FAILED.inc();
+    }
+    results
+}
+
 /// openraft's refusal, as the error `forward` knows to retry at the new leader.
 pub fn map_write_error(
     e: RaftError<crate::raft::types::TypeConfig, ClientWriteError<crate::raft::types::TypeConfig>>,

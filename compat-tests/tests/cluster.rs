@@ -1,4 +1,5 @@
-//! Multi-member clusters: a three-member Keel cluster serves every request from every member;
+//! Multi-member clusters: a three-member Keel cluster serves every request from every member
+//! (writes a follower forwards in batches keep their own answers and errors);
 //! etcdctl's member commands and move-leader answer as a three-member etcd 3.5.16 does; a SIGKILLed
 //! leader is replaced within three election timeouts without losing an acknowledged write; a
 //! member that missed writes catches up, through a raft snapshot when the log was compacted.
@@ -81,6 +82,7 @@ async fn three_keel_members_serve_writes_reads_and_leases_everywhere() {
     let leader = cluster.wait_leader(Duration::from_secs(5)).await.expect("leader");
     let follower = (leader + 1) % 3;
     let channel = compat_tests::server::connect(&cluster.members[follower].spec.client_url).await.expect("connect");
+    let kv_on_follower = keel::proto::etcdserverpb::kv_client::KvClient::new(channel.clone());
     let mut lease = LeaseClient::new(channel);
     let granted = lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.expect("grant").into_inner();
     let ttl = lease
@@ -100,6 +102,41 @@ async fn three_keel_members_serve_writes_reads_and_leases_everywhere() {
     let reply = replies.message().await.expect("keep-alive reply").expect("one reply");
     assert_eq!((reply.id, reply.ttl), (granted.id, 60));
     converged(&cluster, Duration::from_secs(5)).await;
+
+    // Concurrent writes on a follower travel to the leader in batches; each keeps its own answer:
+    // puts on a missing lease fail with etcd's error, the rest succeed, every revision is distinct.
+    let writers: Vec<_> = (0..64)
+        .map(|n| {
+            let mut kv = kv_on_follower.clone();
+            tokio::spawn(async move {
+                let lease = if n % 4 == 0 { 0x7777 } else { 0 };
+                let put = PutRequest {
+                    key: format!("batch/{n}").into_bytes(),
+                    value: b"v".to_vec(),
+                    lease,
+                    ..Default::default()
+                };
+                (n, kv.put(put).await.map(|r| r.into_inner().header.expect("header").revision))
+            })
+        })
+        .collect();
+    let mut revisions = Vec::new();
+    for writer in writers {
+        let (n, outcome) = writer.await.expect("writer");
+        match outcome {
+            Ok(revision) => {
+                assert_ne!(n % 4, 0, "put {n} on a missing lease succeeded");
+                revisions.push(revision);
+            }
+            Err(status) => {
+                assert_eq!(n % 4, 0, "put {n} failed: {status:?}");
+                assert_eq!(status.message(), "etcdserver: requested lease not found", "put {n}");
+            }
+        }
+    }
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 48, "one revision per successful put");
 
     // The leader reports its round trips to each follower under etcd's metric name and `To` label.
     let leader = cluster.leader().await.expect("a leader");
