@@ -43,9 +43,9 @@ pub struct Applier {
     auth: Arc<AuthStore>,
     /// Raft index of the entry being applied (simple auth tokens end with it, as etcd's do).
     index: AtomicU64,
-    /// Held by every apply and install, and by an export for its whole length, so that a raft
-    /// snapshot is the state at exactly the position it reports (openraft builds snapshots in
-    /// the background while entries keep being applied).
+    /// Held by every apply and install, so that an install never interleaves with an apply. (A
+    /// raft snapshot export does not take it: it reads its position from its own consistent
+    /// view, see `export`.)
     gate: Mutex<()>,
 }
 
@@ -329,14 +329,16 @@ impl Applier {
         Ok(())
     }
 
-    /// Write everything to a raft snapshot, after making the state durable: the log may be purged
-    /// up to this point once the snapshot exists. Returns the raft position the written state is
-    /// at (no entry is applied meanwhile).
+    /// Write everything to a raft snapshot and return the raft position the written state is at.
+    /// The engine's scan is one consistent view (redb: one read transaction; sled: writers held
+    /// off) and the position is read from that same view, so applies go on while the snapshot is
+    /// written: holding them off for the whole export (as this once did) stalled every write of
+    /// the member for as long, every `--snapshot-count` entries. Then the state is made durable:
+    /// the log may be purged up to the position once the snapshot exists.
     pub fn export(&self, out: &mut dyn std::io::Write) -> Result<Option<Vec<u8>>> {
-        let _gate = self.gate();
+        let position = crate::storage::export_noting(self.engine.as_ref(), out, (META_TABLE, META_RAFT_APPLIED))?;
         self.engine.sync()?;
-        crate::storage::export(self.engine.as_ref(), out)?;
-        self.applied_position()
+        Ok(position)
     }
 
     fn gate(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -456,6 +456,13 @@ fn export_import_across_engines(kind: EngineKind) {
     let dst = reopen(other(kind), dst_dir.path());
     assert_eq!(everything(&*dst), everything(&*src));
 
+    // The noted row comes back as the exported view held it, and the bytes are export's.
+    let mut noting = Vec::new();
+    let noted = super::export_noting(&*src, &mut noting, ("meta", b"consistent_index")).unwrap();
+    assert_eq!(noted, Some(42u64.to_be_bytes().to_vec()));
+    assert_eq!(noting, dump);
+    assert_eq!(super::export_noting(&*src, &mut Vec::new(), ("meta", b"absent")).unwrap(), None);
+
     // An empty engine round-trips to an empty one.
     let (_empty_dir, empty) = fresh(kind);
     let mut dump = Vec::new();

@@ -61,16 +61,32 @@ impl Framer<'_> {
 /// Every table, every row, checksummed. The rows come from one consistent view of the engine (see
 /// `Engine::scan_all`).
 pub fn export(engine: &dyn Engine, out: &mut dyn Write) -> Result<(), StorageError> {
+    export_noting(engine, out, ("", b"")).map(|_| ())
+}
+
+/// [`export`], also returning the value of one row (`noted`: table and key) as the exported view
+/// holds it, so that a caller learns what the export contains without holding writers off.
+pub fn export_noting(
+    engine: &dyn Engine,
+    out: &mut dyn Write,
+    noted: (&str, &[u8]),
+) -> Result<Option<Vec<u8>>, StorageError> {
     let mut framer = Framer { out: BufWriter::new(out), crc: crc32fast::Hasher::new(), rows: 0 };
     framer.put(MAGIC)?;
     framer.put(&VERSION.to_le_bytes())?;
     // The visitor cannot return an error, so it parks the first one and stops the scan.
     let mut failure = None;
-    engine.scan_all(&mut |table, key, value| match framer.row(table, key, value) {
-        Ok(()) => true,
-        Err(e) => {
-            failure = Some(e);
-            false
+    let mut seen = None;
+    engine.scan_all(&mut |table, key, value| {
+        if (table, key) == noted {
+            seen = Some(value.to_vec());
+        }
+        match framer.row(table, key, value) {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
         }
     })?;
     if let Some(e) = failure {
@@ -84,7 +100,8 @@ pub fn export(engine: &dyn Engine, out: &mut dyn Write) -> Result<(), StorageErr
         .out
         .write_all(&crc.to_le_bytes())
         .and_then(|()| framer.out.flush())
-        .map_err(|e| StorageError::io("write dump", e))
+        .map_err(|e| StorageError::io("write dump", e))?;
+    Ok(seen)
 }
 
 /// Replace the engine's whole contents with the dump's, then `sync`.

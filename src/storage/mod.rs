@@ -19,7 +19,7 @@ mod write_buffer;
 #[cfg(test)]
 mod conformance;
 
-pub use dump::{export, import};
+pub use dump::{export, export_noting, import};
 pub use write_buffer::WriteBuffer;
 
 /// A named keyspace. Tables spring into existence on their first write; reading a table that was
