@@ -1,5 +1,10 @@
 //! openraft's state machine over the applier: feeds committed entries to `apply` in order, and
 //! builds and installs raft snapshots from whole-database dumps.
+//!
+//! As in etcd, a raft snapshot taken every `--snapshot-count` entries only makes the state durable
+//! and records its position (so the log can be purged behind it); the whole database is dumped only
+//! when a member needs it sent. Dumping it every time cost a full export and a large synced file
+//! per snapshot, competing with the WAL's fsyncs on long write-heavy runs.
 
 use std::io::{self, Cursor};
 use std::path::PathBuf;
@@ -27,8 +32,8 @@ pub struct StateMachine {
     applier: Arc<Applier>,
     snapshot_dir: PathBuf,
     position: Position,
-    /// Serialises writing the snapshot files (a built and an installed snapshot can be stored at
-    /// the same time) and remembers which log position the stored one covers, so an older one
+    /// Serialises writing the snapshot meta file (a built and an installed snapshot can be stored
+    /// at the same time) and remembers which log position the stored one covers, so an older one
     /// never replaces a newer.
     stored: Arc<std::sync::Mutex<Option<LogId>>>,
 }
@@ -46,7 +51,9 @@ impl StateMachine {
         };
         let stored = Arc::new(std::sync::Mutex::new(None));
         let machine = StateMachine { applier, snapshot_dir, position, stored };
-        let (_, meta_path) = machine.snapshot_paths();
+        let (data_path, meta_path) = machine.snapshot_paths();
+        // Data directories of earlier versions kept a dump beside the meta; it is never read now.
+        let _ = std::fs::remove_file(data_path);
         if let Ok(bytes) = std::fs::read(&meta_path) {
             let meta: SnapshotMeta = postcard::from_bytes(&bytes).map_err(io_err)?;
             *machine.stored.lock().unwrap_or_else(|p| p.into_inner()) = meta.last_log_id;
@@ -58,18 +65,31 @@ impl StateMachine {
         (self.snapshot_dir.join("current.snap"), self.snapshot_dir.join("current.meta"))
     }
 
-    /// Keep the newest snapshot on disk (data, then its meta; the meta's presence marks it complete).
-    fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+    /// Record the newest snapshot's position on disk: its presence tells a restart that a snapshot
+    /// exists (the log may have been purged behind it).
+    fn store_snapshot(&self, meta: &SnapshotMeta) -> io::Result<()> {
         let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
         if *stored > meta.last_log_id {
             return Ok(());
         }
-        let (data_path, meta_path) = self.snapshot_paths();
-        let _ = std::fs::remove_file(&meta_path);
-        write_synced(&data_path, data)?;
+        let (_, meta_path) = self.snapshot_paths();
         write_synced(&meta_path, &postcard::to_allocvec(meta).map_err(io_err)?)?;
         *stored = meta.last_log_id;
         Ok(())
+    }
+
+    /// The whole state as it is now, with the position it is at.
+    fn dump(&self) -> io::Result<Snapshot> {
+        let mut data = Vec::new();
+        // The position read from the exported state itself, not this copy's: apply goes on while
+        // the dump is taken, and a snapshot claiming an older position than its data would make
+        // the member installing it apply the newer entries twice.
+        let position: Position = match self.applier.export(&mut data).map_err(io_err)? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err)?,
+            None => Position::default(),
+        };
+        let meta = SnapshotMeta { last_log_id: position.last_applied, last_membership: position.membership };
+        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
     }
 }
 
@@ -93,18 +113,18 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Cursor<Vec<u8>>;
 
+    /// The state is durable through its applied position once the engine is synced; that position
+    /// is the snapshot. Its data is dumped when it is asked for (`get_current_snapshot`), at the
+    /// position the state has reached by then, which is never behind this one.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let mut data = Vec::new();
-        // The position stored with the exported state, not this builder's copy: apply goes on
-        // while the snapshot is built, and a snapshot claiming an older position than its data
-        // would make the member installing it apply the newer entries twice.
-        let position: Position = match self.applier.export(&mut data).map_err(io_err)? {
+        let position: Position = match self.applier.applied_position().map_err(io_err)? {
             Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err)?,
             None => Position::default(),
         };
+        self.applier.engine().sync().map_err(io_err)?;
         let meta = SnapshotMeta { last_log_id: position.last_applied, last_membership: position.membership };
-        self.store_snapshot(&meta, &data)?;
-        Ok(Snapshot { meta, snapshot: Cursor::new(data) })
+        self.store_snapshot(&meta)?;
+        Ok(Snapshot { meta, snapshot: Cursor::new(Vec::new()) })
     }
 }
 
@@ -153,21 +173,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The imported dump carries the position of the member that built it; record ours.
         let position = postcard::to_allocvec(&self.position).map_err(io_err)?;
         self.applier.apply(None, position).map_err(io_err)?;
-        self.store_snapshot(meta, &data)?;
+        self.applier.engine().sync().map_err(io_err)?;
+        self.store_snapshot(meta)?;
         Ok(())
     }
 
+    /// None until a snapshot was built or installed (nothing was purged yet); then the state now.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        // Not while a snapshot is being stored: its meta and data would not match.
-        let _stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
-        let (data_path, meta_path) = self.snapshot_paths();
-        let meta_bytes = match std::fs::read(&meta_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let meta: SnapshotMeta = postcard::from_bytes(&meta_bytes).map_err(io_err)?;
-        let data = std::fs::read(&data_path)?;
-        Ok(Some(Snapshot { meta, snapshot: Cursor::new(data) }))
+        if self.stored.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return Ok(None);
+        }
+        self.dump().map(Some)
     }
 }
