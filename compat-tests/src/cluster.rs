@@ -85,6 +85,24 @@ impl ClusterSpec {
         self
     }
 
+    /// The same cluster on other free ports (schemes, names and flags kept); None when a member's
+    /// peers dial it through something else (a proxy), whose address this cannot move.
+    fn with_fresh_ports(&self) -> Result<Option<ClusterSpec>, HarnessError> {
+        if self.members.iter().any(|m| m.listen_peer_url != m.advertise_peer_url) {
+            return Ok(None);
+        }
+        let fresh = ClusterSpec::local(self.kind, self.members.len())?;
+        let mut moved = self.clone();
+        for (m, f) in moved.members.iter_mut().zip(&fresh.members) {
+            let port = |url: &str| url.rsplit(':').next().unwrap_or_default().to_string();
+            let scheme = |url: &str| url.split("://").next().unwrap_or("http").to_string();
+            m.client_url = format!("{}://127.0.0.1:{}", scheme(&m.client_url), port(&f.client_url));
+            m.listen_peer_url = format!("{}://127.0.0.1:{}", scheme(&m.listen_peer_url), port(&f.listen_peer_url));
+            m.advertise_peer_url = m.listen_peer_url.clone();
+        }
+        Ok(Some(moved))
+    }
+
     /// `--initial-cluster` for these members.
     pub fn initial_cluster(&self) -> String {
         self.members.iter().map(|m| format!("{}={}", m.name, m.advertise_peer_url)).collect::<Vec<_>>().join(",")
@@ -127,12 +145,41 @@ pub struct Cluster {
 
 impl Cluster {
     /// Start every member of `spec` as a new cluster and wait until each serves a linearizable read.
+    /// A port picked free can be taken before the member binds it (any outgoing connection on the
+    /// machine may get it as its local port); a cluster that lost such a race starts again on
+    /// other ports, at most twice.
     pub async fn start(spec: ClusterSpec) -> Result<Cluster, HarnessError> {
-        let mut cluster = Cluster::spawn(spec)?;
-        for i in 0..cluster.members.len() {
-            cluster.wait_ready(i, CLUSTER_START_TIMEOUT).await?;
+        let mut spec = spec;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut cluster = Cluster::spawn(spec.clone())?;
+            let mut outcome = Ok(());
+            for i in 0..cluster.members.len() {
+                outcome = cluster.wait_ready(i, CLUSTER_START_TIMEOUT).await;
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            match outcome {
+                Ok(()) => return Ok(cluster),
+                Err(e) if attempts < 3 && cluster.lost_a_port() => match spec.with_fresh_ports()? {
+                    Some(moved) => {
+                        eprintln!("cluster: a port was taken before a member bound it, starting again: {e}");
+                        spec = moved;
+                    }
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
         }
-        Ok(cluster)
+    }
+
+    /// Whether some member could not listen because its address was in use.
+    fn lost_a_port(&self) -> bool {
+        self.members.iter().any(|m| {
+            std::fs::read_to_string(m.log_path()).is_ok_and(|log| log.to_lowercase().contains("address already in use"))
+        })
     }
 
     /// Start every member of `spec` as a new cluster without waiting for it to work (for clusters
@@ -265,10 +312,13 @@ impl Cluster {
         let log = std::fs::read_to_string(self.members[i].log_path()).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
+        // A failed start ends in an error and its backtrace: the error itself may be above the tail.
+        let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("Error:") || l.contains("Caused by")).collect();
         HarnessError::Other(format!(
-            "{} member {} did not start: {reason}\n--- log tail ---\n{}",
+            "{} member {} did not start: {reason}\n--- errors ---\n{}\n--- log tail ---\n{}",
             self.spec.kind,
             self.members[i].spec.name,
+            errors.join("\n"),
             tail.join("\n")
         ))
     }

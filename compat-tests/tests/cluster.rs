@@ -2,7 +2,8 @@
 //! (writes a follower forwards in batches keep their own answers and errors);
 //! etcdctl's member commands and move-leader answer as a three-member etcd 3.5.16 does; a SIGKILLed
 //! leader is replaced within three election timeouts without losing an acknowledged write; a
-//! member that missed writes catches up, through a raft snapshot when the log was compacted.
+//! member that missed writes catches up, through a raft snapshot when the log was compacted; a
+//! cluster whose picked port was taken meanwhile starts again elsewhere.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -479,4 +480,16 @@ async fn a_member_of_another_cluster_cannot_disturb_this_one() {
         assert_eq!((after.raft_term, after.errors.len()), (term, 0), "member {i} undisturbed");
     }
     assert_eq!(cluster.wait_leader(Duration::from_secs(1)).await.expect("leader"), leader);
+}
+
+/// A port picked free and taken by someone else before the member binds it (CI saw a member
+/// exit with "address already in use"): the harness starts the cluster again on other ports.
+#[tokio::test]
+async fn a_cluster_whose_port_was_taken_starts_on_other_ports() {
+    let spec = ClusterSpec::local(ServerKind::Keel, 3).expect("ports");
+    let taken = spec.members[1].client_url.trim_start_matches("http://").to_string();
+    let _squatter = std::net::TcpListener::bind(&taken).expect("take the port first");
+    let cluster = Cluster::start(spec).await.expect("cluster on other ports");
+    assert_ne!(cluster.members[1].client_addr(), taken);
+    cluster.wait_leader(Duration::from_secs(5)).await.expect("leader");
 }
