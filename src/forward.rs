@@ -92,8 +92,20 @@ async fn remote(node: &Node, leader: u64, call: &LeaderCall, deadline: Instant) 
     let Some(peer) = node.peer_node(leader) else {
         return Err(Error::NotLeader);
     };
-    let mut client = node.peer_channels.client(&peer).map_err(Error::Internal)?;
-    let mut request = node.peer_channels.request(encode(call));
+    ask_leader(&node.peer_channels, &peer, call, deadline).await
+}
+
+/// One `Leader` peer call to `peer`, its failures mapped as a caller must see them: `NotLeader` if
+/// the call never reached it (safe to retry elsewhere), the timeout or connection-lost error if it
+/// may have run, else the leader's own answer or error.
+async fn ask_leader(
+    channels: &PeerChannels,
+    peer: &PeerNode,
+    call: &LeaderCall,
+    deadline: Instant,
+) -> Result<LeaderAnswer> {
+    let mut client = channels.client(peer).map_err(Error::Internal)?;
+    let mut request = channels.request(encode(call));
     let left = deadline.saturating_duration_since(Instant::now());
     request.set_timeout(left);
     match tokio::time::timeout(left, client.leader(request)).await {
@@ -103,7 +115,7 @@ async fn remote(node: &Node, leader: u64, call: &LeaderCall, deadline: Instant) 
             Err(Error::NotLeader)
         }
         Ok(Err(status)) => {
-            tracing::debug!(leader = %format!("{leader:x}"), %status, "call to the leader failed");
+            tracing::debug!(leader = %peer, %status, "call to the leader failed");
             Err(Error::TimeoutConnectionLost)
         }
         Ok(Ok(resp)) => {
@@ -303,72 +315,24 @@ async fn send_batch(channels: &PeerChannels, batch: Vec<Queued>) {
     let deadline = batch.iter().map(|q| q.deadline).max().unwrap_or_else(Instant::now);
     let peer = batch[0].peer.clone();
     let (calls, replies): (Vec<Vec<u8>>, Vec<_>) = batch.into_iter().map(|q| (q.call, q.reply)).unzip();
-    let outcome = call_batch(channels, &peer, calls, deadline).await;
-    match outcome {
-        Ok(answers) if answers.len() == replies.len() => {
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                let _ = reply.send(answer.map_err(|text| Error::from_text(&text)));
-            }
+    let count = replies.len();
+    let answers = match ask_leader(channels, &peer, &LeaderCall::Batch(calls), deadline).await {
+        Ok(LeaderAnswer::Batch(answers)) if answers.len() == count => {
+            answers.into_iter().map(|a| a.map_err(|text| Error::from_text(&text))).collect()
         }
-        Ok(answers) => {
-            let text = format!("the leader answered {} of {} batched calls", answers.len(), replies.len());
-            for reply in replies {
-                let _ = reply.send(Err(Error::Internal(text.clone())));
-            }
+        Ok(other) => {
+            let text = format!("the leader answered a batch of {count} calls with {other:?}");
+            (0..count).map(|_| Err(Error::Internal(text.clone()))).collect()
         }
-        // The whole batch failed the way one call would have: every call gets that error.
+        // The whole batch failed the way one call would have: every call gets that error (errors
+        // are not Clone; their text names them exactly).
         Err(failure) => {
-            for reply in replies {
-                let _ = reply.send(Err(failure.to_error()));
-            }
+            let text = failure.to_string();
+            (0..count).map(|_| Err(Error::from_text(&text))).collect::<Vec<_>>()
         }
-    }
-}
-
-/// Why a whole batch failed, as [`remote`] would have answered each of its calls.
-enum BatchFailure {
-    Timeout,
-    NotLeader,
-    ConnectionLost,
-    Text(String),
-}
-
-impl BatchFailure {
-    fn to_error(&self) -> Error {
-        match self {
-            BatchFailure::Timeout => Error::Timeout,
-            BatchFailure::NotLeader => Error::NotLeader,
-            BatchFailure::ConnectionLost => Error::TimeoutConnectionLost,
-            BatchFailure::Text(text) => Error::from_text(text),
-        }
-    }
-}
-
-async fn call_batch(
-    channels: &PeerChannels,
-    peer: &PeerNode,
-    calls: Vec<Vec<u8>>,
-    deadline: Instant,
-) -> std::result::Result<Vec<std::result::Result<LeaderAnswer, String>>, BatchFailure> {
-    let mut client = channels.client(peer).map_err(BatchFailure::Text)?;
-    let mut request = channels.request(encode(&LeaderCall::Batch(calls)));
-    let left = deadline.saturating_duration_since(Instant::now());
-    request.set_timeout(left);
-    match tokio::time::timeout(left, client.leader(request)).await {
-        Err(_) => Err(BatchFailure::Timeout),
-        Ok(Err(status)) if not_delivered(&status) => Err(BatchFailure::NotLeader),
-        Ok(Err(status)) => {
-            tracing::debug!(leader = %peer, %status, "batched call to the leader failed");
-            Err(BatchFailure::ConnectionLost)
-        }
-        Ok(Ok(resp)) => {
-            let answer: std::result::Result<LeaderAnswer, String> =
-                decode(&resp.into_inner()).map_err(BatchFailure::Text)?;
-            match answer.map_err(BatchFailure::Text)? {
-                LeaderAnswer::Batch(answers) => Ok(answers),
-                other => Err(BatchFailure::Text(unexpected(&other).to_string())),
-            }
-        }
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
     }
 }
 

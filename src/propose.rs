@@ -49,10 +49,7 @@ pub async fn propose_as(node: &Node, request: Request, user: Option<&AuthInfo>) 
 
 /// Propose on this member, which must lead, and wait for the applied result.
 pub async fn write_here(node: &Node, command: RaftCommand) -> Result<CommandResult> {
-    let status = node.raft_status();
-    if status.commit_index > status.applied_index + MAX_APPLY_LAG {
-        return Err(Error::TooManyRequests);
-    }
+    admit(node)?;
     let grant = matches!(command.request, Request::LeaseGrant(_));
     let pending = crate::metrics::PendingProposal::start();
     let written = tokio::time::timeout(node.limits.request_timeout, node.raft.client_write(command)).await;
@@ -81,8 +78,7 @@ pub async fn write_here(node: &Node, command: RaftCommand) -> Result<CommandResu
 pub async fn write_many_here(node: &Node, commands: Vec<RaftCommand>) -> Vec<Result<CommandResult>> {
     use futures::StreamExt;
     let count = commands.len();
-    let status = node.raft_status();
-    if status.commit_index > status.applied_index + MAX_APPLY_LAG {
+    if admit(node).is_err() {
         return (0..count).map(|_| Err(Error::TooManyRequests)).collect();
     }
     let grants = commands.iter().any(|c| matches!(c.request, Request::LeaseGrant(_)));
@@ -113,10 +109,17 @@ pub async fn write_many_here(node: &Node, commands: Vec<RaftCommand>) -> Vec<Res
     if grants {
         node.leases.grant_applied();
     }
-    for _ in results.iter().filter(|r| r.is_err()) {
-        crate::metrics::PROPOSALS_FAILED.inc();
-    }
+    crate::metrics::PROPOSALS_FAILED.add(results.iter().filter(|r| r.is_err()).count() as u64);
     results
+}
+
+/// etcd refuses new proposals while apply lags too far behind commit.
+fn admit(node: &Node) -> Result<()> {
+    let status = node.raft_status();
+    if status.commit_index > status.applied_index + MAX_APPLY_LAG {
+        return Err(Error::TooManyRequests);
+    }
+    Ok(())
 }
 
 /// openraft's refusal, as the error `forward` knows to retry at the new leader.
