@@ -245,8 +245,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1000.0
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    keel::runtime::build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Op::WatchLatency(opts) = &args.op {
         return watch_latency::run(&args.endpoint, args.conns, args.total, opts).await;

@@ -42,6 +42,7 @@ pub mod propose;
 pub mod proto;
 pub mod raft;
 pub mod read;
+pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod storage;

@@ -9,8 +9,11 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    keel::runtime::build()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     // The snapshot tool has etcdutl's flags, not the server's: dispatch before the server parses.
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("snapshot") {
