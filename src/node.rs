@@ -12,7 +12,10 @@ use crate::apply::applier::Applier;
 use crate::lease_clock::LeaseClock;
 use crate::mvcc::MvccStore;
 use crate::raft::log_store::LogStore;
-use crate::raft::types::Raft;
+use crate::raft::types::{Raft, TypeConfig};
+
+pub type RaftMetricsReceiver =
+    openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>;
 use crate::storage::{Engine, SizeInfo};
 
 /// One member as etcd's Cluster API reports it.
@@ -46,6 +49,10 @@ pub struct Node {
     pub name: String,
     pub limits: Limits,
     pub raft: Raft,
+    /// openraft's metrics, read in place on every request (`is_learner`, `raft_status`): one
+    /// receiver kept here, as `raft.metrics()` hands out a fresh clone each call, whose reference
+    /// counts both cores then fought over.
+    pub raft_metrics: RaftMetricsReceiver,
     pub applier: Arc<Applier>,
     pub log_store: LogStore,
     pub request_ids: RequestIds,
@@ -96,16 +103,14 @@ impl Node {
 
     /// How to reach member `id`, if it is one.
     pub fn peer_node(&self, id: u64) -> Option<crate::raft::types::PeerNode> {
-        let metrics = self.raft.metrics();
-        let stored = metrics.borrow_watched().membership_config.clone();
+        let stored = self.raft_metrics.borrow_watched().membership_config.clone();
         stored.membership().get_node(&id).cloned()
     }
 
     /// Whether this member is a learner (not a voter) in the membership it knows.
     pub fn is_learner(&self) -> bool {
         // Asked on every request: look at the membership in place rather than cloning it.
-        let metrics = self.raft.metrics();
-        let watched = metrics.borrow_watched();
+        let watched = self.raft_metrics.borrow_watched();
         let membership = watched.membership_config.membership();
         let voter = membership.voter_ids().any(|id| id == self.member_id);
         !voter && membership.get_node(&self.member_id).is_some()
@@ -149,8 +154,7 @@ impl Node {
 
     /// Raft's view right now: (term, leader, is this member the leader, committed index, applied index).
     pub fn raft_status(&self) -> RaftStatus {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
+        let m = self.raft_metrics.borrow_watched();
         let is_leader = m.state == ServerState::Leader;
         let silence = self.limits.election_timeout * 3 / 2;
         let leader = if is_leader {

@@ -10,7 +10,8 @@
 //! gRPC-Go's writer coalesces what is queued. Range and keep-alive throughput rose 20-30%.
 //!
 //! `disable_lifo_slot` needs `--cfg tokio_unstable` (set in `.cargo/config.toml`); a build without it
-//! runs with tokio's default scheduling.
+//! runs with tokio's default scheduling, as does any process started with `KEEL_LIFO` set in its
+//! environment (for comparing the two).
 
 /// A multi-thread runtime with every driver enabled, as `#[tokio::main]` builds, minus the LIFO slot.
 pub fn build() -> std::io::Result<tokio::runtime::Runtime> {

@@ -110,6 +110,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         cluster_id,
         name: config.name.clone(),
         limits,
+        raft_metrics: raft.metrics(),
         raft,
         applier,
         log_store,
