@@ -10,19 +10,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
@@ -83,9 +78,9 @@ impl PeerChannels {
         self.cluster_id.store(id, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// `message` (a payload, or a stream of them) as a request carrying this member's cluster id.
-    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
+    /// `payload` as a request carrying this member's cluster id.
+    pub fn request(&self, payload: Payload) -> tonic::Request<Payload> {
+        let mut request = tonic::Request::new(payload);
         let id = self.cluster_id.load(std::sync::atomic::Ordering::Relaxed);
         if let Ok(value) = format!("{id:x}").parse() {
             request.metadata_mut().insert(CLUSTER_ID_HEADER, value);
@@ -170,16 +165,6 @@ enum CallError {
 }
 
 impl CallError {
-    fn from_status(target: u64, status: &tonic::Status) -> CallError {
-        // Not delivered, or refused as coming from another cluster: either way, nobody there to
-        // replicate to; back off.
-        if not_delivered(status) || status.code() == tonic::Code::FailedPrecondition {
-            CallError::Unreachable(format!("member {target:x}: {}", status.message()))
-        } else {
-            CallError::Network(format!("member {target:x}: {}", status.message()))
-        }
-    }
-
     fn rpc(self) -> RPCError<TypeConfig> {
         match self {
             CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::from_string(m)),
@@ -228,7 +213,12 @@ impl PeerConnection {
         self.channels.record(target, matches!(answered, Ok(Ok(_))));
         let answer = match answered {
             Err(_) => return Err(CallError::Network(format!("member {target:x}: timed out after {ttl:?}"))),
-            Ok(Err(status)) => return Err(CallError::from_status(target, &status)),
+            // Not delivered, or refused as coming from another cluster: either way, nobody there
+            // to replicate to; back off.
+            Ok(Err(status)) if not_delivered(&status) || status.code() == tonic::Code::FailedPrecondition => {
+                return Err(CallError::Unreachable(format!("member {target:x}: {}", status.message())))
+            }
+            Ok(Err(status)) => return Err(CallError::Network(format!("member {target:x}: {}", status.message()))),
             Ok(Ok(resp)) => resp.into_inner(),
         };
         let result: Result<Resp, String> = decode(&answer).map_err(CallError::Network)?;
@@ -237,138 +227,21 @@ impl PeerConnection {
     }
 }
 
-/// The leader's end of one replication stream.
-struct AppendSession {
-    target: u64,
-    inbound: tonic::Streaming<Payload>,
-    /// Requests handed to the stream so far (counted as openraft yields them).
-    sent: Arc<AtomicU64>,
-    answered: u64,
-    /// An answer was outstanding when the last deadline passed.
-    stalled: bool,
-    ttl: Duration,
-    probe_sent: Arc<Mutex<Option<std::time::Instant>>>,
-}
-
-impl AppendSession {
-    /// The next answer, in request order; `None` once the follower ended the stream.
-    async fn next_answer(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
-        let target = self.target;
-        loop {
-            let message = match tokio::time::timeout(self.ttl, self.inbound.message()).await {
-                Ok(message) => message,
-                // An idle session (everything answered) waits for openraft's next request; one
-                // with a request unanswered over a whole deadline has stalled.
-                Err(_) => {
-                    let waiting = self.sent.load(Ordering::Relaxed) > self.answered;
-                    if waiting && self.stalled {
-                        let ttl = self.ttl;
-                        return Some(Err(
-                            CallError::Network(format!("member {target:x}: timed out after {ttl:?}")).rpc()
-                        ));
-                    }
-                    self.stalled = waiting;
-                    continue;
-                }
-            };
-            self.stalled = false;
-            let payload = match message {
-                Ok(Some(payload)) => payload,
-                Ok(None) => return None,
-                Err(status) => return Some(Err(CallError::from_status(target, &status).rpc())),
-            };
-            self.answered += 1;
-            let answer: Result<StreamAppendResult<TypeConfig>, String> = match decode(&payload) {
-                Ok(answer) => answer,
-                Err(e) => return Some(Err(CallError::Network(e).rpc())),
-            };
-            if let Some(sent_at) = self.probe_sent.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                if self.answered == 1 && answer.is_ok() {
-                    crate::metrics::observe_peer_rtt(target, sent_at.elapsed());
-                }
-            }
-            // The peer's raft refused (e.g. it is shutting down): as good as unreachable.
-            return Some(answer.map_err(|e| CallError::Unreachable(format!("member {target:x}: {e}")).rpc()));
-        }
-    }
-}
-
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = Cursor<Vec<u8>>;
 
-    /// One append on its own. openraft replicates (and sends heartbeats) through `stream_append`;
-    /// the trait still asks for the single call.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Method::Append, &rpc, option.hard_ttl()).await.map_err(CallError::rpc)
-    }
-
-    /// Replication pipelined over one gRPC stream per session (openraft's default sends one append
-    /// and waits for its answer before the next): batches keep flowing while the follower syncs,
-    /// and a session costs one HTTP/2 stream instead of a call per batch. Answers come back in
-    /// request order (one stream, one follower task). A session whose oldest unanswered request
-    /// has waited past the RPC deadline fails, as a single append past it would, and openraft
-    /// resends the unanswered entries on a new one.
-    fn stream_append<'s, S>(
-        &'s mut self,
-        input: S,
-        option: RPCOption,
-    ) -> BoxFuture<
-        's,
-        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
-    >
-    where
-        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
-    {
-        Box::pin(async move {
-            let target = self.target;
-            let ttl = option.hard_ttl();
-            let mut client = self.client.as_ref().map_err(|e| CallError::Unreachable(e.clone()).rpc())?.clone();
-            let sent = Arc::new(AtomicU64::new(0));
-            // A session that opens with an empty append (every heartbeat) times the peer's round trip.
-            let probe_sent: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
-            let outbound = {
-                let (sent, probe_sent) = (sent.clone(), probe_sent.clone());
-                input.map(move |request| {
-                    if sent.fetch_add(1, Ordering::Relaxed) == 0 && request.entries.is_empty() {
-                        *probe_sent.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-                    }
-                    encode(&request)
-                })
-            };
-            let opened = tokio::time::timeout(ttl, client.stream_append(self.channels.request(outbound))).await;
-            let inbound = match opened {
-                Err(_) => {
-                    self.channels.record(target, false);
-                    return Err(CallError::Network(format!("member {target:x}: timed out after {ttl:?}")).rpc());
-                }
-                Ok(Err(status)) => {
-                    self.channels.record(target, false);
-                    return Err(CallError::from_status(target, &status).rpc());
-                }
-                Ok(Ok(response)) => response.into_inner(),
-            };
-            let session = AppendSession { target, inbound, sent, answered: 0, stalled: false, ttl, probe_sent };
-            let channels = self.channels.clone();
-            let answers = futures::stream::unfold(Some(session), move |session| {
-                let channels = channels.clone();
-                async move {
-                    let mut session = session?;
-                    let next = session.next_answer().await;
-                    channels.record(target, !matches!(next, Some(Err(_))));
-                    match next {
-                        None => None,
-                        // A refusal or a failure ends the session; openraft starts the next.
-                        Some(Ok(Ok(appended))) => Some((Ok(Ok(appended)), Some(session))),
-                        Some(other) => Some((other, None)),
-                    }
-                }
-            });
-            Ok(answers.boxed())
-        })
+        let heartbeat = rpc.entries.is_empty();
+        let started = std::time::Instant::now();
+        let answer = self.call(Method::Append, &rpc, option.hard_ttl()).await.map_err(CallError::rpc);
+        if heartbeat && answer.is_ok() {
+            crate::metrics::observe_peer_rtt(self.target, started.elapsed());
+        }
+        answer
     }
 
     async fn vote(
