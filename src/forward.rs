@@ -210,11 +210,9 @@ impl Lane {
 /// At most this many batches of one lane are on their way to the leader at once. While one is,
 /// new calls queue, and the next batch takes all of them: under load a follower forwards many
 /// writes per peer call, as etcd's follower forwards many proposals per raft message; when idle a
-/// call leaves at once. With one in flight, a write arriving just after a batch left waited for
-/// that batch's whole commit before it could leave; since replication is pipelined (one stream
-/// per follower) four measured best on a three-member cluster under 100 writers (put median over
-/// seven interleaved runs 23.9k/s against 23.0k/s with one, p99 the same).
-const BATCHES_IN_FLIGHT: usize = 4;
+/// call leaves at once. One measured best on a three-member cluster under 100 writers (fewer
+/// peer calls, and the p99 no worse than with 2 or 4).
+const BATCHES_IN_FLIGHT: usize = 1;
 /// A batch stops growing past this many calls or encoded bytes (a single larger call still goes).
 const BATCH_CALLS: usize = 256;
 const BATCH_BYTES: usize = 1 << 20;
