@@ -57,6 +57,10 @@ pub enum Error {
     ElectionNoLeader,
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    /// A watch a lock or election recipe opened was refused at creation (auth). etcd's in-process
+    /// clientv3 gets the watch server's cancel reason and hands it on as a plain error.
+    #[error("recipe watch refused: {0}")]
+    RecipeWatchRefused(Box<Error>),
     // --- auth (etcd's `auth` package errors) ---
     #[error(transparent)]
     Auth(#[from] AuthError),

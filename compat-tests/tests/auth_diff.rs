@@ -1,8 +1,9 @@
 //! Auth and RBAC against etcd 3.5.16: etcdctl sequences with `--user` run on Keel and on real etcd and
 //! must print the same (auth enable/disable/status, user and role management and their errors,
-//! permission denied on get/put/del/txn/watch/lease revoke/snapshot); simple tokens look like
-//! etcd's; JWTs issued by Keel are verified here with the openssl CLI (a code path independent of
-//! Keel's jsonwebtoken), and bad, forged and expired tokens get etcd's error on both servers.
+//! permission denied on get/put/del/txn/watch/lease revoke/snapshot, etcdctl lock and elect);
+//! simple tokens look like etcd's; JWTs issued by Keel are verified here with the openssl CLI (a
+//! code path independent of Keel's jsonwebtoken), and bad, forged and expired tokens get etcd's
+//! error on both servers.
 
 use std::path::Path;
 use std::process::Command;
@@ -162,6 +163,23 @@ fn cases(snapshot_path: &str) -> Vec<Case> {
                 cmd("--user alice:apw user list"),
                 cmd("--user alice:apw user add eve --new-user-password=e"),
                 cmd("--user alice:apw compaction 1"),
+                cmd("--user root:rpw get --prefix foo"),
+            ],
+        ),
+        // etcdctl's lock and elect run clientv3's recipes over KV and Lease as the --user: alice may
+        // lock under foo, not under bar (no READ there for elect -l either); without a user or with
+        // a wrong password they are refused. (The Lock and Election services: tests/lock_election.rs.)
+        with_setup(
+            "auth_etcdctl_lock_elect",
+            vec![
+                cmd("--user alice:apw lock foolock echo held"),
+                cmd("--user alice:apw lock bar echo held"),
+                cmd("lock foolock echo held"),
+                cmd("--user alice:bad lock foolock echo held"),
+                cmd("--user alice:apw elect bar x"),
+                cmd("--user alice:apw elect -l bar"),
+                cmd("elect foo x"),
+                cmd("elect -l foo"),
                 cmd("--user root:rpw get --prefix foo"),
             ],
         ),

@@ -9,14 +9,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compat_tests::client_text::{error, kv};
-use compat_tests::etcdctl::cmd_args;
+use compat_tests::etcdctl::{cmd, cmd_args, run_cmd};
 use compat_tests::etcdctl_watch;
+use compat_tests::server::connect;
 use compat_tests::{Server, ServerKind};
 use etcd_client::{Client, ConnectOptions, GetOptions, LeaderKey, LockOptions, ProclaimOptions, ResignOptions};
+use keel::proto::v3electionpb::{self as pb_election, election_client::ElectionClient};
+use keel::proto::v3lockpb::{self as pb_lock, lock_client::LockClient};
 use regex::Regex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 
 /// The server checked against etcd: the one line to switch (KEEL_COMPAT_CANDIDATE overrides it).
 const CANDIDATE: ServerKind = ServerKind::Keel;
@@ -617,4 +622,270 @@ async fn keel_stops_with_calls_waiting() {
     run._server.stop().await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(3), "stopping took {:?}", started.elapsed());
     assert!(run._server.log_tail(5).contains("stopped"), "no clean stop: {}", run._server.log_tail(20));
+}
+
+// ---- with auth enabled: the services run as their caller -----------------------------------------
+
+/// root (rpw) and auth on; alice (apw) may read and write under `lk/` and `el/`, bob (bpw) may
+/// only read there, carol (cpw) has no role at all.
+async fn enable_auth(server: &Server) -> Result<(), String> {
+    let setup = [
+        "user add root --new-user-password=rpw",
+        "auth enable",
+        "--user root:rpw user add alice --new-user-password=apw",
+        "--user root:rpw user add bob --new-user-password=bpw",
+        "--user root:rpw user add carol --new-user-password=cpw",
+        "--user root:rpw role add rw",
+        "--user root:rpw role grant-permission rw readwrite --prefix lk/",
+        "--user root:rpw role grant-permission rw readwrite --prefix el/",
+        "--user root:rpw role add ro",
+        "--user root:rpw role grant-permission ro read --prefix lk/",
+        "--user root:rpw role grant-permission ro read --prefix el/",
+        "--user root:rpw user grant-role alice rw",
+        "--user root:rpw user grant-role bob ro",
+    ];
+    for line in setup {
+        let out = run_cmd(server, &cmd(line)).await.map_err(|e| e.to_string())?;
+        if out.exit_code != Some(0) {
+            return Err(format!("`{line}`: {}", out.stderr));
+        }
+    }
+    Ok(())
+}
+
+async fn connect_as(server: &Server, user: &str, password: &str) -> Result<Client, String> {
+    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3)).with_user(user, password);
+    timed(Client::connect([server.endpoint()], Some(options))).await
+}
+
+/// A raw status as `client_text::error` renders one.
+fn status_text(s: &tonic::Status) -> String {
+    format!("error {:?}: {}", s.code(), s.message())
+}
+
+/// Lock and Election calls that carry a token no server issued (etcd-client cannot send one).
+struct BogusToken {
+    lock: LockClient<Channel>,
+    election: ElectionClient<Channel>,
+}
+
+impl BogusToken {
+    async fn connect(server: &Server) -> Result<BogusToken, String> {
+        let channel = connect(&server.endpoint()).await.map_err(|e| e.to_string())?;
+        Ok(BogusToken { lock: LockClient::new(channel.clone()), election: ElectionClient::new(channel) })
+    }
+
+    fn request<T>(msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert("token", MetadataValue::from_static("NoSuchToken.42"));
+        req
+    }
+
+    /// Every call with the bad token, each line the answer a client got.
+    async fn calls(&mut self, leader: Option<pb_election::LeaderKey>) -> Vec<String> {
+        fn header(h: Option<&keel::proto::etcdserverpb::ResponseHeader>) -> String {
+            h.map_or("no header".to_string(), |h| format!("rev {}", h.revision))
+        }
+        let mut out = Vec::new();
+        let r = self.lock.lock(BogusToken::request(pb_lock::LockRequest { name: "lk".into(), lease: 0 })).await;
+        out.push(format!("lock: {}", r.map_or_else(|s| status_text(&s), |r| header(r.get_ref().header.as_ref()))));
+        let r = self.lock.unlock(BogusToken::request(pb_lock::UnlockRequest { key: "lk/1".into() })).await;
+        out.push(format!("unlock: {}", r.map_or_else(|s| status_text(&s), |r| header(r.get_ref().header.as_ref()))));
+        let campaign = pb_election::CampaignRequest { name: "el".into(), lease: 0, value: "x".into() };
+        let r = self.election.campaign(BogusToken::request(campaign)).await;
+        out.push(format!("campaign: {}", r.map_or_else(|s| status_text(&s), |r| header(r.get_ref().header.as_ref()))));
+        let r = self.election.leader(BogusToken::request(pb_election::LeaderRequest { name: "el".into() })).await;
+        out.push(format!("leader: {}", r.map_or_else(|s| status_text(&s), |r| header(r.get_ref().header.as_ref()))));
+        let proclaim = |leader| pb_election::ProclaimRequest { leader, value: "x".into() };
+        let r = self.election.proclaim(BogusToken::request(proclaim(None))).await;
+        out.push(format!("proclaim without leader: {}", r.map_or_else(|s| status_text(&s), |_| "ok".into())));
+        let r = self.election.proclaim(BogusToken::request(proclaim(leader.clone()))).await;
+        out.push(format!("proclaim: {}", r.map_or_else(|s| status_text(&s), |_| "ok".into())));
+        let r = self.election.resign(BogusToken::request(pb_election::ResignRequest { leader })).await;
+        out.push(format!("resign: {}", r.map_or_else(|s| status_text(&s), |_| "ok".into())));
+        let observe = self.election.observe(BogusToken::request(pb_election::LeaderRequest { name: "el".into() }));
+        let line = match tokio::time::timeout(SETTLE * 5, observe).await {
+            Err(_) => "nothing".to_string(),
+            Ok(Err(s)) => status_text(&s),
+            Ok(Ok(stream)) => match tokio::time::timeout(SETTLE * 5, stream.into_inner().message()).await {
+                Err(_) => "nothing".to_string(),
+                Ok(Ok(Some(r))) => format!("message {}", header(r.header.as_ref())),
+                Ok(Ok(None)) => "stream ended".to_string(),
+                Ok(Err(s)) => status_text(&s),
+            },
+        };
+        out.push(format!("observe: {line}"));
+        out
+    }
+}
+
+/// Lease ids as root sees them.
+async fn lease_ids(c: &Client) -> Result<Vec<i64>, String> {
+    let mut c = c.clone();
+    Ok(timed(c.leases()).await?.leases().iter().map(|l| l.id()).collect())
+}
+
+/// The calls a user without the right permissions makes, each answer noted: Lock with and without
+/// a lease, Unlock, Campaign, Leader, Proclaim and Resign of alice's leadership, Observe.
+async fn refused_calls(run: &mut Run, who: &str, lease: (i64, &str), alice_key: &[u8], alice: &LeaderKey) {
+    run.note(format!("-- {who}"));
+    run.lock("lk", None).await;
+    run.lock("lk", Some(lease)).await;
+    let r = timed(run.c.unlock(alice_key.to_vec())).await;
+    run.note(format!("unlock alice's key: {}", answer(r, |r| r.header())));
+    let r = timed(run.c.campaign("el", who, 0)).await;
+    run.campaigned("campaign", r);
+    run.leader("leader", "el").await;
+    run.proclaim("proclaim alice's", who, Some(alice.clone())).await;
+    run.resign("resign alice's", Some(alice.clone())).await;
+    run.proclaim("proclaim without leader", who, None).await;
+    let mut obs = observe(&run.c, "el");
+    run.note(observed(&mut obs).await);
+}
+
+/// With auth enabled every Lock and Election call runs as the user its token names, as etcd's
+/// in-process client does: alice (read-write on the prefixes) locks, waits across an auth change,
+/// campaigns, proclaims, resigns; bob (read only), carol (no role), a client without a token and
+/// one with a token nobody issued are refused with etcd's errors. Leases granted for sessions are
+/// counted (etcd grants a session's lease before its first write is refused).
+async fn auth_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
+    let mut run = Run::start(kind).await?;
+    enable_auth(&run._server).await?;
+    let anonymous = run.c.clone();
+    let root = connect_as(&run._server, "root", "rpw").await?;
+    let alice = connect_as(&run._server, "alice", "apw").await?;
+
+    run.note("-- alice".into());
+    run.c = alice.clone();
+    let la = run.grant(60, "La").await?;
+    let lb = run.grant(60, "Lb").await?;
+    let k = run.lock("lk", Some((la, "La"))).await;
+    run.unlock(k).await;
+    // Without a lease the session's lease is granted as alice too.
+    let before = lease_ids(&root).await?;
+    let k = run.lock("lk", None).await;
+    let after = lease_ids(&root).await?;
+    run.note(format!("leases {} -> {}", before.len(), after.len()));
+    if let Some(&id) = after.iter().find(|id| !before.contains(id)) {
+        run.labels.add(id, "Lsession");
+    }
+    run.unlock(k).await;
+
+    // A waiter: its reads and watches are alice's. An auth change while it waits (root adds a
+    // user) does not make its later steps fail: each looks the token up again.
+    let held = run.lock("lk", Some((la, "La"))).await;
+    let waiter = run.spawn_lock("lk", lb);
+    tokio::time::sleep(SETTLE).await;
+    run.note(format!("second lock waits: {}", !waiter.is_finished()));
+    run.c = root.clone();
+    run.keys("lk/").await;
+    let r = timed(run.c.user_add("dave", "dpw", None)).await;
+    run.note(format!("user add dave: {}", answer(r, |r| r.header())));
+    run.c = alice.clone();
+    run.unlock(held).await;
+    let (line, k) = lock_result(joined(waiter).await);
+    run.note(format!("lock lk Lb after unlock: {line}"));
+    run.unlock(k).await;
+    let held = run.lock("lk", Some((la, "La"))).await;
+
+    let mut obs = observe(&alice, "el");
+    let r = timed(run.c.campaign("el", "v1", la)).await;
+    let lk = run.campaigned("campaign La", r).ok_or("campaign returned no leader")?;
+    run.note(observed(&mut obs).await);
+    run.leader("leader", "el").await;
+    run.proclaim("proclaim v2", "v2", Some(lk.clone())).await;
+    run.note(observed(&mut obs).await);
+    run.resign("resign", Some(lk)).await;
+    run.leader("leader after resign", "el").await;
+    let r = timed(run.c.campaign("el", "v3", la)).await;
+    let lk = run.campaigned("campaign La again", r).ok_or("campaign returned no leader")?;
+
+    let before = lease_ids(&root).await?;
+    run.c = connect_as(&run._server, "bob", "bpw").await?;
+    refused_calls(&mut run, "bob (read only)", (lb, "Lb"), &held, &lk).await;
+    run.c = connect_as(&run._server, "carol", "cpw").await?;
+    refused_calls(&mut run, "carol (no role)", (lb, "Lb"), &held, &lk).await;
+    run.c = anonymous;
+    refused_calls(&mut run, "no token", (lb, "Lb"), &held, &lk).await;
+    run.note("-- a token nobody issued".into());
+    for line in BogusToken::connect(&run._server).await?.calls(Some(pb_leader_key(&lk))).await {
+        run.note(line);
+    }
+    // Sessions without a lease were granted one before their first write was refused.
+    let after = lease_ids(&root).await?;
+    run.note(format!("leases {} -> {}", before.len(), after.len()));
+
+    run.note("-- root".into());
+    run.c = root;
+    run.keys("lk/").await;
+    run.keys("el/").await;
+    Ok(run.finish())
+}
+
+fn pb_leader_key(l: &LeaderKey) -> pb_election::LeaderKey {
+    pb_election::LeaderKey { name: l.name().to_vec(), key: l.key().to_vec(), rev: l.rev(), lease: l.lease() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_with_auth_match_etcd() {
+    let candidate = ServerKind::from_env_or(CANDIDATE);
+    let (reference, other) = tokio::join!(auth_transcript(ServerKind::Etcd), auth_transcript(candidate));
+    let reference = reference.unwrap_or_else(|e| panic!("reference etcd: {e}"));
+    let other = other.unwrap_or_else(|e| panic!("candidate {candidate}: {e}"));
+    compare("lock-election-auth", candidate, reference, other);
+}
+
+/// A waiter alice gives up on, with auth enabled: the keys left under `lk/` and `el/`.
+async fn cancelled_with_auth_transcript(kind: ServerKind) -> Result<Vec<String>, String> {
+    let mut run = Run::start(kind).await?;
+    enable_auth(&run._server).await?;
+    let root = connect_as(&run._server, "root", "rpw").await?;
+    run.c = connect_as(&run._server, "alice", "apw").await?;
+    let la = run.grant(60, "La").await?;
+    let lb = run.grant(60, "Lb").await?;
+    run.lock("lk", Some((la, "La"))).await;
+    let gave_up = tokio::time::timeout(SETTLE, run.c.lock("lk", Some(LockOptions::new().with_lease(lb)))).await;
+    run.note(format!("cancelled lock returned: {}", gave_up.is_ok()));
+    // The dropped call's cleanup runs on its own; let it land before the next write.
+    tokio::time::sleep(SETTLE).await;
+    let r = timed(run.c.campaign("el", "a", la)).await;
+    run.campaigned("campaign La", r);
+    let gave_up = tokio::time::timeout(SETTLE, run.c.campaign("el", "b", lb)).await;
+    run.note(format!("cancelled campaign returned: {}", gave_up.is_ok()));
+    tokio::time::sleep(SETTLE).await;
+    run.c = root;
+    run.keys("lk/").await;
+    run.keys("el/").await;
+    Ok(run.finish())
+}
+
+/// A cancelled Lock or Campaign removes its key as its caller, so with auth enabled it cleans up
+/// as it does without. etcd 3.5.16 runs that cleanup on its in-process client's own context,
+/// which has no token: the delete is refused (`user name is empty`) and the key stays until its
+/// lease ends, holding up later contenders. Keel's behaviour and etcd's are pinned side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_waiters_clean_up_with_auth() {
+    let (etcd, keel) = tokio::join!(
+        cancelled_with_auth_transcript(ServerKind::Etcd),
+        cancelled_with_auth_transcript(ServerKind::Keel)
+    );
+    // etcd's refused cleanups leave both keys; Keel's deletes (revisions 4 and 7) leave one each.
+    let etcd_want = [
+        "lock lk La: rev 2 key lk/La",
+        "cancelled lock returned: false",
+        "campaign La: rev 4 name el key el/La rev 4 lease La",
+        "cancelled campaign returned: false",
+        r#"keys lk/: ["lk/La= c2 m2 v1 lLa", "lk/Lb= c3 m3 v1 lLb"]"#,
+        r#"keys el/: ["el/La=a c4 m4 v1 lLa", "el/Lb=b c5 m5 v1 lLb"]"#,
+    ];
+    let keel_want = [
+        "lock lk La: rev 2 key lk/La",
+        "cancelled lock returned: false",
+        "campaign La: rev 5 name el key el/La rev 5 lease La",
+        "cancelled campaign returned: false",
+        r#"keys lk/: ["lk/La= c2 m2 v1 lLa"]"#,
+        r#"keys el/: ["el/La=a c5 m5 v1 lLa"]"#,
+    ];
+    assert_eq!(etcd.unwrap_or_else(|e| panic!("etcd: {e}")), etcd_want, "etcd");
+    assert_eq!(keel.unwrap_or_else(|e| panic!("keel: {e}")), keel_want, "keel");
 }

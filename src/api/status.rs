@@ -68,6 +68,9 @@ pub fn code_and_message(e: &Error) -> (Code, String) {
         Error::ElectionNotLeader => (Code::Unknown, "election: not leader"),
         Error::ElectionNoLeader => (Code::Unknown, "election: no leader"),
         Error::MissingLeaderKey => (Code::Unknown, "\"leader\" field must be provided"),
+        // etcd quirk: clientv3 turns a refused watch into an error whose text is the whole cancel
+        // reason, i.e. Go's rendering of the watch server's status (`rpc error: code = ...`).
+        Error::RecipeWatchRefused(refusal) => return (Code::Unknown, go_status_text(refusal)),
         // etcd returns errors it has no mapping for as Unknown with their own text.
         Error::Storage(_) | Error::Io(_) | Error::Internal(_) => return (Code::Unknown, e.to_string()),
     };
@@ -189,6 +192,12 @@ mod tests {
         assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
         let s = to_recipe_status(Error::LeaseNotFound);
         assert_eq!((s.code(), s.message()), (Code::Unknown, "etcdserver: requested lease not found"));
+        let refused = Error::RecipeWatchRefused(Box::new(Error::Auth(AuthError::PermissionDenied)));
+        let s = to_recipe_status(refused);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unknown, "rpc error: code = PermissionDenied desc = etcdserver: permission denied")
+        );
         let s = to_recipe_status(Error::MissingLeaderKey);
         assert_eq!((s.code(), s.message()), (Code::Unknown, "\"leader\" field must be provided"));
         // Membership errors and etcd's bare context error for a proposal without a leader.

@@ -111,7 +111,7 @@ async fn receive(
         };
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => {
-                if let Err(denied) = watch_permitted(&node, credentials.as_ref(), &create) {
+                if let Err(denied) = watch_permitted(&node, credentials.as_ref(), &create.key, &create.range_end) {
                     let revision = node.mvcc().current_revision();
                     let refusal = WatchResponse {
                         header: Some(header::header(&node, revision)),
@@ -134,21 +134,24 @@ async fn receive(
     }
 }
 
-/// etcd's `isWatchPermitted`, checked at every create with the stream's credentials: READ on the range.
-/// etcd quirk kept: the key conventions are applied first, turning a range end of "\0" into an
-/// EMPTY one, so `--prefix ""` and `--from-key` watches are checked as the single start key.
-fn watch_permitted(
+/// etcd's `isWatchPermitted`, checked at every create with the stream's credentials: READ on the
+/// range of a create request's `key` and `range_end`. Also what the lock and election recipes
+/// check before they watch (`api/concurrency.rs`), as etcd's in-process client goes through this
+/// same check. etcd quirk kept: the key conventions are applied first, turning a range end of "\0"
+/// into an EMPTY one, so `--prefix ""` and `--from-key` watches are checked as the single start key.
+pub fn watch_permitted(
     node: &Node,
     credentials: Option<&crate::api::auth::Credentials>,
-    create: &WatchCreateRequest,
+    key: &[u8],
+    range_end: &[u8],
 ) -> Result<(), Error> {
     let auth = node.applier.auth();
     let user = match credentials {
         Some(c) => crate::api::auth::resolve(node, c)?,
         None => Default::default(),
     };
-    let key: &[u8] = if create.key.is_empty() { &[0] } else { &create.key };
-    let end: &[u8] = if create.range_end == [0] { &[] } else { &create.range_end };
+    let key: &[u8] = if key.is_empty() { &[0] } else { key };
+    let end: &[u8] = if range_end == [0] { &[] } else { range_end };
     auth.check_op(&user, key, end, crate::proto::authpb::permission::Type::Read)?;
     Ok(())
 }
