@@ -5,7 +5,9 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, TransferLeaderRequest, VoteRequest,
+};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
@@ -47,8 +49,39 @@ fn reply<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Result<Res
     Ok(Response::new(encode(&result.map_err(|e| e.to_string()))))
 }
 
+type ResponseStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Payload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Peer for PeerService {
+    type StreamAppendStream = ResponseStream;
+
+    /// A replication session: requests go to openraft in arrival order and their answers come back
+    /// in the same order. The session ends at the first message that cannot be read (the answers
+    /// then stop short, and the leader resends what went unanswered on a new stream).
+    async fn stream_append(
+        &self,
+        request: Request<tonic::Streaming<Payload>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        use futures::future::ready;
+        use futures::StreamExt;
+        same_cluster(&self.node, &request)?;
+        let requests = request
+            .into_inner()
+            .map(|message| message.ok().and_then(|p| decode::<AppendEntriesRequest<TypeConfig>>(&p).ok()))
+            .take_while(|request| ready(request.is_some()))
+            .filter_map(ready);
+        let node = self.node.clone();
+        let answers = self.node.raft.stream_append(requests).map(move |answer| {
+            // As for a single append: any answer but "I have a higher vote" means this member
+            // follows the sender.
+            if matches!(answer, Ok(Ok(_)) | Ok(Err(StreamAppendError::Conflict(_)))) {
+                node.leader_contact.touch();
+            }
+            Ok(encode(&answer.map_err(|e| e.to_string())))
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         same_cluster(&self.node, &request)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref()).map_err(undecodable)?;
