@@ -1,7 +1,8 @@
 //! etcd's learner restriction: a learner member serves only Status, serializable Range and the
 //! Snapshot stream; every other call gets `etcdserver: rpc not supported for learner`
 //! (etcd 3.5.16's `isRPCSupportedForLearner` in its unary and stream interceptors). The route is
-//! checked here, before decoding; Range's `serializable` flag is checked by the KV handler.
+//! checked here, before decoding; Range's `serializable` flag is checked by the KV handler. The
+//! plain HTTP handlers (`/metrics`, `/health`, the probes, `/version`) answer as on any member.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,6 +15,14 @@ use crate::node::Node;
 /// The calls a learner serves (Range only when serializable).
 const LEARNER_ROUTES: &[&str] =
     &["/etcdserverpb.Maintenance/Status", "/etcdserverpb.Maintenance/Snapshot", "/etcdserverpb.KV/Range"];
+
+/// etcd's plain HTTP handlers beside the gateway, which a learner serves like any member (its
+/// metrics and health can be scraped).
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/metrics" | "/health" | "/version" | "/livez" | "/readyz")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+}
 
 /// Wraps the client service stack (see `server.rs`).
 #[derive(Clone)]
@@ -48,7 +57,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if self.node.is_learner() && !LEARNER_ROUTES.contains(&request.uri().path()) {
+        let path = request.uri().path();
+        if self.node.is_learner() && !LEARNER_ROUTES.contains(&path) && !is_probe(path) {
             let status = crate::api::status::to_status(refused());
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
