@@ -174,6 +174,7 @@ impl LeaseClock {
             return Ok(Renewal::Expired);
         }
         q.arm(id, info.epoch, after(now, info.ttl));
+        crate::metrics::LEASE_RENEWED.inc();
         Ok(Renewal::Renewed(info.ttl))
     }
 
@@ -403,7 +404,8 @@ impl LeaseClock {
                         // As root (etcd's `WithRoot`): with auth enabled an anonymous revoke of a
                         // lease with keys would be refused at apply.
                         match crate::propose::propose_as_root(&node, Request::LeaseRevoke(req)).await {
-                            Ok(_) | Err(Error::LeaseNotFound) => {}
+                            Ok(_) => crate::metrics::LEASE_EXPIRED.inc(),
+                            Err(Error::LeaseNotFound) => {}
                             Err(e) => {
                                 tracing::warn!(lease = %format!("{id:x}"), error = %e, "revoking an expired lease")
                             }

@@ -196,6 +196,10 @@ async fn change_once(
         Ok(Err(e)) => return Err(crate::propose::map_write_error(e).into()),
         Ok(Ok(resp)) => resp,
     };
+    if matches!(change, MemberChange::Promote { .. }) {
+        // Counted by the leader, which made the change (etcd's `learnerPromoteSucceed`).
+        crate::metrics::LEARNER_PROMOTE_SUCCESSES.inc();
+    }
     let after = match &resp.membership {
         Some(m) => from_membership(m),
         None => members(node),

@@ -65,6 +65,7 @@ pub async fn linearizable_barrier(node: &Arc<Node>) -> Result<()> {
                     let _ = waiter.send(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                 }
                 if let Err(e) = outcome {
+                    crate::metrics::read_index_failed(&e);
                     tracing::debug!(error = %e, "read index round failed");
                 }
             }

@@ -168,6 +168,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .layer(crate::api::learner::LearnerGuard::layer(serving_node.clone()))
+            .layer(crate::metrics::GrpcMetricsLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
@@ -367,6 +368,7 @@ fn spawn_peer_server(
     let incoming = crate::api::tls::incoming(listeners, "peer");
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
+            .layer(crate::metrics::PeerMetricsLayer)
             .add_service(crate::raft::peer_service::server(node))
             .serve_with_incoming(incoming)
             .await;

@@ -40,26 +40,30 @@ use crate::proto::etcdserverpb::{
 use crate::proto::v3electionpb::election_client::ElectionClient;
 use crate::proto::v3lockpb::lock_client::LockClient;
 
-/// The client port's router: the gRPC `services`, counted by the gRPC metrics layer, and
-/// everything HTTP beside them.
+/// What the gateway calls: the services on the port, through the gRPC metrics layer that the
+/// port's own gRPC calls pass in `server.rs`.
+type Grpc = crate::metrics::GrpcMetrics<Routes>;
+
+/// The client port's router: the gRPC `services` and everything HTTP beside them. The port's
+/// server counts gRPC calls around all of it (`crate::metrics::GrpcMetricsLayer`).
 pub fn client_router(services: Routes, node: Arc<Node>, certificate_users: bool) -> Routes {
     // The layers wrap the services themselves, so the gateway's calls, which loop back through
-    // them, are counted too (as in etcd). tonic's own transport errors (undecodable or oversized
-    // requests) are rewritten into grpc-go's text here, so gateway calls see etcd's text too. One
-    // `layer` call, so each RPC pays for one boxed route, not one per layer. The health probes read
-    // through the bare services: etcd's call its server directly and are not in the gRPC metrics.
+    // them, pass them too. tonic's own transport errors (undecodable or oversized requests) are
+    // rewritten into grpc-go's text here, so gateway calls see etcd's text too. One `layer` call,
+    // so each RPC pays for one boxed route, not one per layer. The gateway's calls are counted in
+    // the gRPC metrics as etcd's are (its gateway is a gRPC client of its own server); the health
+    // probes read through the bare services: etcd's call its server directly and are not counted.
     let edge = tower::ServiceBuilder::new()
         .map_request(move |r| crate::api::auth::attach_client_certificate(r, certificate_users))
-        .layer(crate::metrics::GrpcMetricsLayer)
         .map_response(|mut resp: Response| {
             crate::api::status::rewrite_transport_status(resp.headers_mut());
             resp
         });
-    let counted = Routes::from(services.clone().into_axum_router().layer(edge));
-    let http = http_router(counted.clone(), services, node);
+    let edged = Routes::from(services.clone().into_axum_router().layer(edge));
+    let http = http_router(crate::metrics::GrpcMetrics::new(edged.clone()), services, node);
     let http = tower::ServiceBuilder::new().map_request(v3beta_to_v3).service(http);
     // gRPC requests are routed by their `/<service>/<method>` path first; whatever is left is HTTP.
-    Routes::from(counted.into_axum_router().fallback_service(http))
+    Routes::from(edged.into_axum_router().fallback_service(http))
 }
 
 /// The `--listen-metrics-urls` listener: etcd serves only `/metrics` and the health probes there.
@@ -68,7 +72,7 @@ pub fn metrics_router(services: Routes, node: Arc<Node>) -> Router {
 }
 
 /// `grpc` is what gateway calls go through; `services` the uncounted services the probes read.
-fn http_router(grpc: Routes, services: Routes, node: Arc<Node>) -> Router {
+fn http_router(grpc: Grpc, services: Routes, node: Arc<Node>) -> Router {
     let mut app = Router::new();
     // Unary calls: (path, client, method). etcd also answers the lease calls under `/v3/kv/lease/`.
     macro_rules! unary {
@@ -418,7 +422,7 @@ where
     }
 }
 
-async fn watch(grpc: Routes, headers: HeaderMap, body: Body) -> Response {
+async fn watch(grpc: Grpc, headers: HeaderMap, body: Body) -> Response {
     let requests = json_requests::<WatchRequest, _, _>(body.into_data_stream());
     match WatchClient::new(grpc).watch(with_metadata(&headers, requests)).await {
         Ok(replies) => stream_reply(replies.into_inner()).await,
@@ -426,7 +430,7 @@ async fn watch(grpc: Routes, headers: HeaderMap, body: Body) -> Response {
     }
 }
 
-async fn keep_alive(grpc: Routes, headers: HeaderMap, body: Body) -> Response {
+async fn keep_alive(grpc: Grpc, headers: HeaderMap, body: Body) -> Response {
     let requests = json_requests::<LeaseKeepAliveRequest, _, _>(body.into_data_stream());
     match LeaseClient::new(grpc).lease_keep_alive(with_metadata(&headers, requests)).await {
         Ok(replies) => stream_reply(replies.into_inner()).await,

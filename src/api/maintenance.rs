@@ -94,7 +94,10 @@ impl Maintenance for MaintenanceService {
         crate::api::auth::require_admin(&self.node, request.metadata())?;
         let node = self.node.clone();
         let started = std::time::Instant::now();
+        let inflight = crate::metrics::GaugeGuard::hold(&crate::metrics::DEFRAG_INFLIGHT);
         blocking(move || Ok(node.engine().defragment()?)).await?;
+        drop(inflight);
+        crate::metrics::DEFRAG.observe(started.elapsed());
         tracing::info!(took = ?started.elapsed(), "finished defragmenting the backend");
         Ok(Response::new(DefragmentResponse { header: None }))
     }
@@ -139,12 +142,17 @@ impl Maintenance for MaintenanceService {
         // Root only; etcd sends the auth error untranslated (Unknown `auth: permission denied`).
         crate::api::auth::require_admin(&self.node, request.metadata())?;
         let node = self.node.clone();
+        let started = std::time::Instant::now();
         let (file, total) = tokio::task::spawn_blocking(move || snapshot_file(&node))
             .await
             .map_err(|e| to_status(crate::error::Error::Internal(format!("snapshot task: {e}"))))?
             .map_err(to_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || send_snapshot(file, total, tx));
+        tokio::task::spawn_blocking(move || {
+            send_snapshot(file, total, tx);
+            // etcd times a backend snapshot from its start until the stream is done with it.
+            crate::metrics::BACKEND_SNAPSHOT.observe(started.elapsed());
+        });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 

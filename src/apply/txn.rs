@@ -40,9 +40,19 @@ pub fn txn(txn: &mut WriteTxn<'_>, req: &TxnRequest, lease_exists: &dyn Fn(i64) 
     let path = choose_path(txn, req)?;
     check_chosen(txn, req, &path, &mut |txn, op| check_put(txn, op, lease_exists))?;
     check_chosen(txn, req, &path, &mut check_range)?;
+    if !is_read_only(req) {
+        // etcd evaluates a writing txn's compares in a read transaction and runs its operations
+        // in a new write transaction: two transactions for the mvcc metrics.
+        txn.split_metrics();
+    }
     let mut resp = apply(txn, req, &path)?;
     resp.header = execute::header(txn.rev());
     Ok(resp)
+}
+
+/// etcd's `isTxnReadonly`: only Ranges in both branches (a nested txn counts as a write).
+fn is_read_only(req: &TxnRequest) -> bool {
+    req.success.iter().chain(&req.failure).all(|op| matches!(op.request, Some(Request::RequestRange(_))))
 }
 
 /// Which branch each txn takes: this one, then one entry per nested txn of the chosen branch,

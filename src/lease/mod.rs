@@ -218,6 +218,7 @@ impl Lessor {
 
     /// The grant's batch is written: the lease exists from now on.
     pub fn granted(&self, id: i64, ttl: i64) {
+        crate::metrics::lease_granted(ttl);
         let info = self.write().insert(id, ttl, 0);
         self.push(LeaseChange::Granted(info));
     }
@@ -232,6 +233,7 @@ impl Lessor {
 
     /// The revoke's batch is written: forget the lease and its attachments.
     pub fn revoked(&self, id: i64) {
+        crate::metrics::LEASE_REVOKED.inc();
         let removed = {
             let mut st = self.write();
             let removed = st.leases.remove(&id);

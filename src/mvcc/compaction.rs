@@ -120,7 +120,11 @@ impl Compactor {
                 let _ = previous.wait();
             }
             let mut hasher = KvHasher::new(previous_compaction, rev, &keep);
+            let began = std::time::Instant::now();
             let result = delete_obsolete_rows(engine.as_ref(), rev, &keep, &mut hasher, &stopped);
+            crate::metrics::DB_COMPACTION_TOTAL.observe_millis(began.elapsed());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            crate::metrics::DB_COMPACTION_LAST.set(now.as_secs() as i64);
             if result.is_ok() {
                 // Stored before waiters wake, so a HashKV after a physical compaction sees it.
                 hashes.store(hasher.finish());
@@ -162,6 +166,7 @@ fn delete_obsolete_rows(
         if stopped.load(Ordering::SeqCst) {
             return Err(Error::Stopped);
         }
+        let began = std::time::Instant::now();
         let mut batch = WriteBatch::default();
         let mut seen = 0usize;
         let mut last = None;
@@ -192,7 +197,13 @@ fn delete_obsolete_rows(
         if finished {
             batch.put(META_TABLE, FINISHED_COMPACT_KEY, encode_meta_rev(rev));
         }
+        let deleted = batch.len() as u64 - u64::from(finished);
         engine.write(batch)?;
+        crate::metrics::DB_COMPACTION_KEYS.add(deleted);
+        if !finished {
+            // etcd's pause: one batch read and deleted (it times every batch but the last).
+            crate::metrics::DB_COMPACTION_PAUSE.observe_millis(began.elapsed());
+        }
         match last {
             Some(mut next) if !finished => {
                 // The smallest key after `next`.

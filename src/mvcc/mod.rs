@@ -163,8 +163,16 @@ impl MvccStore {
         self.read_state().compacted.max(0)
     }
 
-    /// etcd's Range on the committed state, with every option of the request.
+    /// etcd's Range on the committed state, with every option of the request; counted as one
+    /// read transaction of one range, as etcd's `etcd_mvcc_range_total` counts a Range request.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResult> {
+        crate::metrics::MVCC_RANGE.inc();
+        self.range_uncounted(req)
+    }
+
+    /// [`MvccStore::range`] for Keel's own reads that etcd makes without an mvcc transaction (the
+    /// lease attachments rebuilt at start), so they stay out of the range count.
+    pub fn range_uncounted(&self, req: &RangeRequest) -> Result<RangeResult> {
         let keys = KeyRange::new(&req.key, &req.range_end);
         let fetch_limit = range::fetch_limit(req);
         let (rev, current, found) = {
@@ -184,7 +192,15 @@ impl MvccStore {
             let st = self.read_state();
             (st.current, st.compacted)
         };
-        WriteTxn { store: self, _writer: guard, begin, compacted, changes: Vec::new(), latest: BTreeMap::new() }
+        WriteTxn {
+            store: self,
+            _writer: guard,
+            begin,
+            compacted,
+            changes: Vec::new(),
+            latest: BTreeMap::new(),
+            counts: crate::metrics::TxnCounts::default(),
+        }
     }
 
     /// Compact history at `rev` (etcd's `Compact`): reads below `rev` fail with `Compacted` from
@@ -212,7 +228,10 @@ impl MvccStore {
         let (previous, keep) = {
             let mut st = self.write_state();
             let previous = std::mem::replace(&mut st.compacted, rev);
-            (previous, st.index.compact(rev))
+            let began = std::time::Instant::now();
+            let keep = st.index.compact(rev);
+            crate::metrics::INDEX_COMPACTION_PAUSE.observe_millis(began.elapsed());
+            (previous, keep)
         };
         Ok(self.compactor.start(self.engine.clone(), rev, previous, keep))
     }
@@ -409,6 +428,8 @@ pub struct WriteTxn<'a> {
     compacted: i64,
     changes: Vec<Change>,
     latest: Pending,
+    /// What the transaction did, for the mvcc metrics (added up when it ends, committed or not).
+    counts: crate::metrics::TxnCounts,
 }
 
 impl WriteTxn<'_> {
@@ -428,6 +449,13 @@ impl WriteTxn<'_> {
         self.compacted
     }
 
+    /// End the transaction's count for the mvcc metrics here and count what follows as another
+    /// transaction: etcd evaluates a writing Txn's compares and checks in a read transaction and
+    /// runs its operations in a new write transaction.
+    pub fn split_metrics(&self) {
+        self.counts.end();
+    }
+
     /// True once the transaction has changed something.
     pub fn has_changes(&self) -> bool {
         !self.changes.is_empty()
@@ -436,6 +464,7 @@ impl WriteTxn<'_> {
     /// Range as the transaction sees it: committed state plus this transaction's own earlier
     /// changes (those appear at the new revision, as in etcd).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResult> {
+        self.counts.range();
         let current = self.rev();
         let rev = resolve_revision(req.revision, current, self.compacted)?;
         let keys = KeyRange::new(&req.key, &req.range_end);
@@ -454,7 +483,13 @@ impl WriteTxn<'_> {
     /// existence is the caller's check; the lease is stored as given (0 detaches).
     pub fn put(&mut self, req: &PutRequest) -> Result<Option<KeyValue>> {
         let keep_current = req.ignore_value || req.ignore_lease;
-        let prev = if keep_current || req.prev_kv { self.latest_kv(&req.key)? } else { None };
+        let prev = if keep_current || req.prev_kv {
+            // etcd reads the previous key-value with a Range of the transaction.
+            self.counts.range();
+            self.latest_kv(&req.key)?
+        } else {
+            None
+        };
         let (value, lease) = match (&prev, keep_current) {
             (None, true) => return Err(Error::KeyNotFound),
             (Some(p), true) => (
@@ -468,6 +503,7 @@ impl WriteTxn<'_> {
             Some((created, version)) => (created, version + 1),
             None => (rev, 1),
         };
+        self.counts.put((req.key.len() + value.len()) as u64);
         let kv = KeyValue { key: req.key.clone(), create_revision, mod_revision: rev, version, value, lease };
         self.latest.insert(req.key.clone(), Some(self.changes.len()));
         self.changes.push(Change::Put(kv));
@@ -477,6 +513,9 @@ impl WriteTxn<'_> {
     /// Delete every live key in `(key, range_end)` (etcd's range convention) and return their
     /// previous key-values, in key order.
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>> {
+        // etcd reads the previous key-values with a Range of the transaction, then deletes.
+        self.counts.range();
+        self.counts.delete();
         let found = self.find_live(key, range_end)?;
         let prev = self.store.load(&found, &self.changes, self.rev())?;
         self.tombstone_all(found);
@@ -486,6 +525,7 @@ impl WriteTxn<'_> {
     /// Like [`WriteTxn::delete_range`] but without reading the deleted values; returns how many
     /// keys were deleted.
     pub fn delete_range_count(&mut self, key: &[u8], range_end: &[u8]) -> Result<i64> {
+        self.counts.delete();
         let found = self.find_live(key, range_end)?;
         let n = found.len() as i64;
         self.tombstone_all(found);
@@ -521,9 +561,6 @@ impl WriteTxn<'_> {
         }
         batch.ops.extend(extra.ops);
         store.engine.write(batch)?;
-        let puts = changes.iter().filter(|c| matches!(c, Change::Put(_))).count() as u64;
-        crate::metrics::MVCC_PUT.add(puts);
-        crate::metrics::MVCC_DELETE.add(changes.len() as u64 - puts);
 
         // The rows are durable-on-sync now, so the revision must advance even if the index
         // disagrees (reusing it would overwrite rows); a disagreement is reported afterwards.

@@ -73,13 +73,19 @@ impl StateMachine {
             return Ok(());
         }
         let (_, meta_path) = self.snapshot_paths();
-        write_synced(&meta_path, &postcard::to_allocvec(meta).map_err(io_err)?)?;
+        // etcd's snapshotter save: marshalling, then the whole save with its fsync.
+        let began = std::time::Instant::now();
+        let bytes = postcard::to_allocvec(meta).map_err(io_err)?;
+        crate::metrics::SNAP_SAVE_MARSHALLING.observe(began.elapsed());
+        write_synced(&meta_path, &bytes)?;
+        crate::metrics::SNAP_SAVE_TOTAL.observe(began.elapsed());
         *stored = meta.last_log_id;
         Ok(())
     }
 
     /// The whole state as it is now, with the position it is at.
     fn dump(&self) -> io::Result<Snapshot> {
+        let began = std::time::Instant::now();
         let mut data = Vec::new();
         // The position read from the exported state itself, not this copy's: apply goes on while
         // the dump is taken, and a snapshot claiming an older position than its data would make
@@ -89,6 +95,8 @@ impl StateMachine {
             None => Position::default(),
         };
         let meta = SnapshotMeta { last_log_id: position.last_applied, last_membership: position.membership };
+        // etcd's backend snapshot of a raft snapshot message (it also times the sending).
+        crate::metrics::BACKEND_SNAPSHOT.observe(began.elapsed());
         Ok(Snapshot { meta, snapshot: Cursor::new(data) })
     }
 }
@@ -102,7 +110,9 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_file_name(tmp_name);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
+    let began = std::time::Instant::now();
     f.sync_all()?;
+    crate::metrics::SNAP_FSYNC.observe(began.elapsed());
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
@@ -166,14 +176,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// A snapshot from the leader: etcd's `snapshot_apply_in_progress_total` while it is applied,
+    /// and its database's save (`etcd_snap_db_save_total_duration_seconds`) and fsync
+    /// (`etcd_snap_db_fsync_duration_seconds`).
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Self::SnapshotData) -> Result<(), io::Error> {
+        let _applying = crate::metrics::GaugeGuard::hold(&crate::metrics::SNAPSHOT_APPLY_IN_PROGRESS);
+        let began = std::time::Instant::now();
         let data = snapshot.into_inner();
         self.applier.install(&mut data.as_slice()).map_err(io_err)?;
         self.position = Position { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
         // The imported dump carries the position of the member that built it; record ours.
         let position = postcard::to_allocvec(&self.position).map_err(io_err)?;
         self.applier.apply(None, position).map_err(io_err)?;
+        let syncing = std::time::Instant::now();
         self.applier.engine().sync().map_err(io_err)?;
+        crate::metrics::SNAP_DB_FSYNC.observe(syncing.elapsed());
+        crate::metrics::SNAP_DB_SAVE.observe(began.elapsed());
         self.store_snapshot(meta)?;
         Ok(())
     }

@@ -59,6 +59,19 @@ enum Journaled {
     Clear,
 }
 
+/// A redb read transaction and its place in the open-read-transactions gauge.
+struct ReadTxn {
+    txn: redb::ReadTransaction,
+    _open: crate::metrics::OpenReadTxn,
+}
+
+impl std::ops::Deref for ReadTxn {
+    type Target = redb::ReadTransaction;
+    fn deref(&self) -> &redb::ReadTransaction {
+        &self.txn
+    }
+}
+
 pub(crate) struct RedbEngine {
     /// Swapped (only) when a defragmentation finishes; operations clone the handle and run
     /// unlocked, so a reader still on the old file just finishes there.
@@ -96,6 +109,11 @@ impl RedbEngine {
 
     fn db(&self) -> Arc<Database> {
         self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A read transaction, counted in `etcd_mvcc_db_open_read_transactions` while it is open.
+    fn begin_read(&self) -> Result<ReadTxn, StorageError> {
+        Ok(ReadTxn { txn: self.db().begin_read()?, _open: crate::metrics::OpenReadTxn::open() })
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, ()> {
@@ -223,7 +241,7 @@ impl RedbEngine {
         // on top of a state that already has them).
         *self.journal.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
         let mut copy = Database::create(&tmp)?;
-        let snapshot = self.db().begin_read()?;
+        let snapshot = self.begin_read()?;
         Self::copy_all(&snapshot, &copy)?;
         drop(snapshot);
         Self::durable_commit(&copy)?;
@@ -275,7 +293,7 @@ impl Engine for RedbEngine {
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         check_table(table)?;
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let Some(t) = Self::read_table(&txn, table)? else {
             return Ok(None);
         };
@@ -284,7 +302,7 @@ impl Engine for RedbEngine {
 
     fn get_many(&self, table: Table, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
         check_table(table)?;
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let Some(t) = Self::read_table(&txn, table)? else {
             return Ok(vec![None; keys.len()]);
         };
@@ -302,7 +320,7 @@ impl Engine for RedbEngine {
         if range_is_empty(start, end) {
             return Ok(());
         }
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let Some(t) = Self::read_table(&txn, table)? else {
             return Ok(());
         };
@@ -322,7 +340,7 @@ impl Engine for RedbEngine {
     fn scan_all(&self, visit: &mut RowVisitor<'_>) -> Result<(), StorageError> {
         // One read transaction for every table: the export is a single committed state even while
         // writes continue.
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         for name in Self::table_names(&txn)? {
             let Some(t) = Self::read_table(&txn, &name)? else {
                 continue;
@@ -368,7 +386,7 @@ impl Engine for RedbEngine {
     }
 
     fn tables(&self) -> Result<Vec<String>, StorageError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.begin_read()?;
         let mut non_empty = Vec::new();
         for name in Self::table_names(&txn)? {
             if let Some(t) = Self::read_table(&txn, &name)? {

@@ -162,9 +162,12 @@ impl Writer {
     fn flush(&mut self) -> Result<(), WalError> {
         if !self.staged.is_empty() {
             // Error contexts are built only on failure: this is the hot path.
+            let writing = std::time::Instant::now();
             self.file
                 .write_all_at(&self.staged, self.written)
                 .map_err(|e| WalError::from_io(format!("write {}", self.segment_label()), e))?;
+            crate::metrics::WAL_WRITE.observe(writing.elapsed());
+            crate::metrics::WAL_WRITE_BYTES.add(self.staged.len() as u64);
             self.written += self.staged.len() as u64;
             self.staged.clear();
             let began = std::time::Instant::now();

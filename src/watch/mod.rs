@@ -155,6 +155,15 @@ impl Outgoing {
         }
     }
 
+    /// How many events an `Events` item carries (0 for other items), without walking them.
+    fn event_count(&self) -> usize {
+        match self {
+            Outgoing::Events { batch, only: None, .. } => batch.events.len(),
+            Outgoing::Events { only: Some(idx), .. } => idx.len(),
+            _ => 0,
+        }
+    }
+
     /// The events of an `Events` item, in order (none for other items).
     pub fn events(&self) -> impl Iterator<Item = &Arc<Event>> + '_ {
         let (batch, only) = match self {
@@ -275,6 +284,8 @@ impl Stream {
         if !item.is_control() {
             self.queued += 1;
             self.queued_bytes += item.weight();
+            // etcd's pending events: handed to the stream, not yet taken by its send loop.
+            crate::metrics::WATCH_PENDING_EVENTS.add(item.event_count() as i64);
         }
         self.outbox.push_back(item);
     }
@@ -488,6 +499,7 @@ impl WatchHub {
         HubStats {
             streams: st.streams.len(),
             watchers: st.watchers.len(),
+            slow: st.streams.values().map(|s| s.unsynced).sum(),
             approx_bytes: watcher_bytes + st.index.heap_bytes() + st.streams.len() * 256,
         }
     }
@@ -497,6 +509,9 @@ impl WatchHub {
 pub struct HubStats {
     pub streams: usize,
     pub watchers: usize,
+    /// Watchers behind the published revision, catching up from history (etcd's unsynced and
+    /// victim watchers, `etcd_debugging_mvcc_slow_watcher_total`).
+    pub slow: usize,
     pub approx_bytes: usize,
 }
 
@@ -663,6 +678,10 @@ impl StreamHandle {
             }
             stream.queued = stream.queued.saturating_sub(1);
             stream.queued_bytes = stream.queued_bytes.saturating_sub(item.weight());
+            // Taken by the send loop: etcd's `ReportEventReceived`.
+            let events = item.event_count();
+            crate::metrics::WATCH_PENDING_EVENTS.add(-(events as i64));
+            crate::metrics::WATCH_EVENTS.add(events as u64);
             // etcd elides the next progress notification of a watcher that was just sent events.
             if let Outgoing::Events { watch_id, .. } = item {
                 if let Some(w) = stream.ids.get(watch_id).and_then(|wk| st.watchers.get_mut(wk)) {
@@ -886,6 +905,8 @@ impl Drop for StreamHandle {
         let mut guard = self.hub.lock();
         let st = &mut *guard;
         let Some(mut stream) = st.streams.remove(&self.id) else { return };
+        let unsent: usize = stream.outbox.iter().filter(|i| !i.is_control()).map(Outgoing::event_count).sum();
+        crate::metrics::WATCH_PENDING_EVENTS.add(-(unsent as i64));
         for wk in std::mem::take(&mut stream.ids).into_values() {
             if let Some(w) = st.watchers.remove(&wk) {
                 forget(&self.hub, &mut st.index, &mut stream, wk, &w);

@@ -436,7 +436,7 @@ fn dropping_a_stream_removes_its_watchers() {
     s.watch(WatchSpec { start_revision: 1, ..spec("a") });
     assert_eq!(f.hub.stats().watchers, 2);
     drop(s);
-    assert_eq!(f.hub.stats(), HubStats { streams: 0, watchers: 0, approx_bytes: f.hub.stats().approx_bytes });
+    assert_eq!(f.hub.stats(), HubStats { streams: 0, watchers: 0, slow: 0, approx_bytes: f.hub.stats().approx_bytes });
     assert_eq!(f.hub.prev_kv_watchers.load(Ordering::SeqCst), 0);
     f.write(&["a=1"]);
 }
