@@ -319,23 +319,49 @@ pub fn peer_message_bytes(payload: &crate::proto::keelpeer::Payload) -> u64 {
     prost::Message::encoded_len(payload) as u64
 }
 
-/// One raft call to member `to` that sent `sent` bytes: the answer's bytes count as received from
-/// it; a call that failed (unreachable, timed out, refused) as a send failure.
+/// One raft call to member `to` that sent `sent` bytes: when it was answered, the bytes sent and
+/// the answer's bytes, received from it (its failure is counted by [`peer_reached`]).
 pub fn peer_call<E>(
     to: u64,
     sent: u64,
     answered: &Result<Result<tonic::Response<crate::proto::keelpeer::Payload>, tonic::Status>, E>,
 ) {
-    let Some(p) = peer(to) else { return };
-    match answered {
-        Ok(Ok(answer)) => {
-            p.sent_bytes.fetch_add(sent, Ordering::Relaxed);
-            p.received_bytes.fetch_add(peer_message_bytes(answer.get_ref()), Ordering::Relaxed);
-        }
-        _ => {
-            p.sent_failures.fetch_add(1, Ordering::Relaxed);
-        }
+    if let (Some(p), Ok(Ok(answer))) = (peer(to), answered) {
+        p.sent_bytes.fetch_add(sent, Ordering::Relaxed);
+        p.received_bytes.fetch_add(peer_message_bytes(answer.get_ref()), Ordering::Relaxed);
     }
+}
+
+/// How a raft call or a replication stream to member `to` ended: one that failed (unreachable,
+/// timed out, refused) is a send failure, as etcd counts a message its transport could not send.
+pub fn peer_reached(to: u64, reached: bool) {
+    if let (false, Some(p)) = (reached, peer(to)) {
+        p.sent_failures.fetch_add(1, Ordering::Relaxed);
+        // Heartbeats start afresh once it answers again (its lateness was the peer's, not ours).
+        p.last_heartbeat.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The messages of a replication stream to member `to`, counted as sent as they go.
+pub fn counting_sent<S>(to: u64, messages: S) -> impl futures::Stream<Item = crate::proto::keelpeer::Payload>
+where
+    S: futures::Stream<Item = crate::proto::keelpeer::Payload>,
+{
+    let p = peer(to);
+    futures::StreamExt::map(messages, move |m| {
+        if let Some(p) = p {
+            p.sent_bytes.fetch_add(peer_message_bytes(&m), Ordering::Relaxed);
+        }
+        m
+    })
+}
+
+/// A message of a replication stream from member `to`, counted as received.
+pub fn received_from(from: u64, message: crate::proto::keelpeer::Payload) -> crate::proto::keelpeer::Payload {
+    if let Some(p) = peer(from) {
+        p.received_bytes.fetch_add(peer_message_bytes(&message), Ordering::Relaxed);
+    }
+    message
 }
 
 /// Metadata naming the calling member on every peer call, so the receiving member can label what
@@ -365,7 +391,7 @@ fn is_raft_path(path: &str) -> bool {
 }
 
 /// The peer port's tower layer: raft messages received from a member (`received_bytes{From}`,
-/// `received_failures{From}` for a request that broke off or could not be decoded) and the
+/// `received_failures{From}` for a message that broke off or could not be decoded) and the
 /// answers sent back to it (`sent_bytes{To}`), told apart by the caller's [`PEER_MEMBER_HEADER`].
 #[derive(Clone, Copy, Default)]
 pub struct PeerMetricsLayer;
@@ -778,7 +804,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Framed<B> {
                     this.settle(status.code());
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
+            // A stream the caller ends between messages (a replication session openraft closes)
+            // lost nothing; one that breaks off inside a message did.
+            Poll::Ready(Some(Err(_))) if this.frames.prefix != 0 => {
                 if let Sink::PeerReceived(p) = sink {
                     p.received_failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1740,7 +1768,11 @@ mod tests {
                 bytes += b;
             }
             assert_eq!((messages, bytes), (3, 305), "chunks of {split}");
+            assert_eq!(frames.prefix, 0, "between messages at the end");
         }
+        let mut frames = Frames::default();
+        frames.feed(&body[..9]);
+        assert_ne!(frames.prefix, 0, "inside the first message");
     }
 
     #[test]

@@ -72,6 +72,7 @@ impl PeerChannels {
     }
 
     fn record(&self, id: u64, reached: bool) {
+        crate::metrics::peer_reached(id, reached);
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if reached {
             active.entry(id).or_insert_with(std::time::Instant::now);
@@ -372,7 +373,7 @@ impl AppendSession {
             };
             self.stalled = false;
             let payload = match message {
-                Ok(Some(payload)) => payload,
+                Ok(Some(payload)) => crate::metrics::received_from(target, payload),
                 Ok(None) => return None,
                 Err(status) => return Some(Err(CallError::from_status(target, &status).rpc())),
             };
@@ -440,7 +441,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let ttl = option.hard_ttl();
             let mut client = self.client.as_ref().map_err(|e| CallError::Unreachable(e.clone()).rpc())?.clone();
             let book = Arc::new(Mutex::new(InFlight::default()));
-            let outbound = GatedAppends { appends: input, book: book.clone() };
+            let outbound = crate::metrics::counting_sent(target, GatedAppends { appends: input, book: book.clone() });
             let opened = tokio::time::timeout(ttl, client.stream_append(self.channels.request(outbound))).await;
             let inbound = match opened {
                 Err(_) => {
