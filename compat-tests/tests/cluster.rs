@@ -145,6 +145,31 @@ async fn three_keel_members_serve_writes_reads_and_leases_everywhere() {
     let rtt_series =
         page.text().lines().filter(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count{To=\"")).count();
     assert_eq!(rtt_series, 2, "one round-trip series per follower:\n{}", page.text());
+    // ... and the raft traffic it exchanged with each, under etcd's names and labels; a follower
+    // counts what it received from the leader and answered it.
+    let leader_text = page.text();
+    for family in ["etcd_network_peer_sent_bytes_total{To=\"", "etcd_network_peer_received_bytes_total{From=\""] {
+        let series = leader_text.lines().filter(|l| l.starts_with(family)).count();
+        assert_eq!(series, 2, "{family}: one series per follower:\n{leader_text}");
+    }
+    let leader_id = leader_text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd_server_id{server_id=\"")?.split('"').next())
+        .expect("the leader's id")
+        .to_string();
+    let follower = (leader + 1) % 3;
+    let page = compat_tests::http::get(&cluster.members[follower].client_addr(), "/metrics").await.expect("metrics");
+    for series in [
+        format!("etcd_network_peer_received_bytes_total{{From=\"{leader_id}\"}} "),
+        format!("etcd_network_peer_sent_bytes_total{{To=\"{leader_id}\"}} "),
+    ] {
+        assert!(page.text().lines().any(|l| l.starts_with(&series)), "follower: no {series}:\n{}", page.text());
+    }
+}
+
+/// Member `i`'s `/metrics` page.
+async fn metrics_text(cluster: &Cluster, i: usize) -> String {
+    compat_tests::http::get(&cluster.members[i].client_addr(), "/metrics").await.expect("metrics").text()
 }
 
 /// What varies between two clusters: ids, ports, and the order members are listed in (by id).
@@ -345,12 +370,20 @@ async fn restarted_member_catches_up_through_a_raft_snapshot() {
     let mut cluster = Cluster::start(spec).await.expect("cluster");
     let leader = cluster.wait_leader(Duration::from_secs(5)).await.expect("leader");
     let lagging = (leader + 1) % 3;
+    let lagging_id = cluster.status(lagging).await.expect("status").header.expect("header").member_id;
     cluster.stop(lagging).await.expect("stop a follower");
     let mut kv = cluster.kv(leader).await.expect("client");
     for n in 0..100 {
         let put = PutRequest { key: format!("s{n:03}").into_bytes(), value: vec![b'x'; 100], ..Default::default() };
         kv.put(put).await.expect("put with one member down");
     }
+    // The leader's raft messages to the stopped member fail (what etcd-mixin's members-down alert reads).
+    let metric = |page: &str, series: &str| -> f64 {
+        page.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    let page = compat_tests::http::get(&cluster.members[leader].client_addr(), "/metrics").await.expect("metrics");
+    let failures = format!("etcd_network_peer_sent_failures_total{{To=\"{lagging_id:x}\"}} ");
+    assert!(metric(&page.text(), &failures) > 0.0, "no {failures}on the leader:\n{}", page.text());
     cluster.restart(lagging).expect("restart");
     cluster.wait_ready(lagging, Duration::from_secs(20)).await.expect("rejoins");
     let (revision, kvs) = converged(&cluster, Duration::from_secs(10)).await;
@@ -358,6 +391,16 @@ async fn restarted_member_catches_up_through_a_raft_snapshot() {
     assert_eq!(kvs.iter().filter(|k| k.0.starts_with(b"s")).count(), 100);
     let snap = cluster.members[lagging].data_dir().join("member/snap/current.meta");
     assert!(snap.exists(), "the lagging member installed a snapshot ({} missing)", snap.display());
+    // The snapshot's metrics: saved and synced on the member that received it, and the leader's
+    // database dump sent with it.
+    let page = compat_tests::http::get(&cluster.members[lagging].client_addr(), "/metrics").await.expect("metrics");
+    for series in ["etcd_snap_db_save_total_duration_seconds_count ", "etcd_snap_db_fsync_duration_seconds_count "] {
+        assert!(metric(&page.text(), series) >= 1.0, "lagging member: no {series}:\n{}", page.text());
+    }
+    assert_eq!(metric(&page.text(), "etcd_server_snapshot_apply_in_progress_total "), 0.0);
+    let page = compat_tests::http::get(&cluster.members[leader].client_addr(), "/metrics").await.expect("metrics");
+    let dumps = "etcd_disk_backend_snapshot_duration_seconds_count ";
+    assert!(metric(&page.text(), dumps) >= 1.0, "leader: no {dumps}:\n{}", page.text());
 }
 
 #[tokio::test]
@@ -420,8 +463,20 @@ async fn learner_joins(kind: ServerKind) {
             (tonic::Code::Unavailable, "etcdserver: rpc not supported for learner")
         );
     }
+    let learner_page = metrics_text(&cluster, i).await;
+    assert!(learner_page.lines().any(|l| l == "etcd_server_is_learner 1"), "{kind}: is_learner:\n{learner_page}");
     let promote = run_cmd_at(&endpoints, &cmd(&format!("member promote {id}"))).await.expect("promote");
     assert_eq!(promote.exit_code, Some(0), "{kind}: {promote:?}");
+    // The leader that made the promotion counts it.
+    let mut promotions = 0.0;
+    for m in 0..cluster.members.len() {
+        let page = metrics_text(&cluster, m).await;
+        promotions += page
+            .lines()
+            .find_map(|l| l.strip_prefix("etcd_server_learner_promote_successes ")?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert_eq!(promotions, 1.0, "{kind}: etcd_server_learner_promote_successes over the members");
     let list = run_cmd_at(&endpoints, &cmd("member list")).await.expect("list");
     let line = list.stdout.lines().find(|l| l.starts_with(&id)).expect("the new member is listed").to_string();
     assert!(line.ends_with(", false"), "promoted, not a learner: {line}");

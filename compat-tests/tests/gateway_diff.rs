@@ -234,6 +234,49 @@ const METRIC_NAMES: &[&str] = &[
     "grpc_server_handled_total{grpc_code=\"InvalidArgument\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
     "process_resident_memory_bytes",
     "process_open_fds",
+    "os_fd_limit",
+    "os_fd_used",
+    "etcd_server_quota_backend_bytes",
+    "etcd_server_slow_apply_total",
+    "etcd_server_read_indexes_failed_total",
+    "etcd_server_slow_read_indexes_total",
+    "etcd_server_heartbeat_send_failures_total",
+    "etcd_server_learner_promote_successes",
+    "etcd_server_snapshot_apply_in_progress_total",
+    "etcd_server_client_requests_total{client_api_version=\"unknown\",type=\"unary\"}",
+    "etcd_network_client_grpc_received_bytes_total",
+    "etcd_network_client_grpc_sent_bytes_total",
+    "grpc_server_msg_received_total{grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
+    "grpc_server_msg_sent_total{grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
+    "etcd_mvcc_range_total",
+    "etcd_mvcc_txn_total",
+    "etcd_mvcc_db_open_read_transactions",
+    "etcd_mvcc_hash_duration_seconds_count",
+    "etcd_mvcc_hash_rev_duration_seconds_bucket{le=\"163.84\"}",
+    "etcd_debugging_mvcc_range_total",
+    "etcd_debugging_mvcc_events_total",
+    "etcd_debugging_mvcc_pending_events_total",
+    "etcd_debugging_mvcc_slow_watcher_total",
+    "etcd_debugging_mvcc_total_put_size_in_bytes",
+    "etcd_debugging_mvcc_db_compaction_keys_total",
+    "etcd_debugging_mvcc_db_compaction_last",
+    "etcd_debugging_mvcc_db_compaction_pause_duration_milliseconds_bucket{le=\"4096\"}",
+    "etcd_debugging_mvcc_db_compaction_total_duration_milliseconds_bucket{le=\"819200\"}",
+    "etcd_debugging_mvcc_index_compaction_pause_duration_milliseconds_bucket{le=\"0.5\"}",
+    "etcd_disk_wal_write_bytes_total",
+    "etcd_disk_wal_write_duration_seconds_bucket{le=\"8.192\"}",
+    "etcd_disk_backend_defrag_duration_seconds_bucket{le=\"409.6\"}",
+    "etcd_disk_backend_snapshot_duration_seconds_bucket{le=\"655.36\"}",
+    "etcd_disk_defrag_inflight",
+    "etcd_snap_db_fsync_duration_seconds_count",
+    "etcd_snap_db_save_total_duration_seconds_bucket{le=\"51.2\"}",
+    "etcd_snap_fsync_duration_seconds_count",
+    "etcd_debugging_lease_granted_total",
+    "etcd_debugging_lease_renewed_total",
+    "etcd_debugging_lease_revoked_total",
+    "etcd_debugging_lease_ttl_total_bucket{le=\"8.388608e+06\"}",
+    "etcd_debugging_server_lease_expired_total",
+    "etcd_debugging_auth_revision",
 ];
 
 /// The value of the sample whose name (with labels) is exactly `series`.
@@ -261,6 +304,8 @@ async fn metrics_have_etcds_names_and_move_with_writes() {
         assert_eq!(sample(&before, "etcd_server_has_leader"), Some(1.0), "{}", server.kind());
         assert_eq!(sample(&before, "etcd_server_is_leader"), Some(1.0), "{}", server.kind());
         assert!(before.lines().any(|l| l.starts_with("etcd_server_id{server_id=\"")), "{}", server.kind());
+        // etcd's default quota (2 GiB) when --quota-backend-bytes is 0.
+        assert_eq!(sample(&before, "etcd_server_quota_backend_bytes"), Some(2147483648.0), "{}", server.kind());
 
         for value in ["YQ==", "Yg=="] {
             let body = format!(r#"{{"key":"Zm9v","value":"{value}"}}"#);
@@ -281,6 +326,145 @@ async fn metrics_have_etcds_names_and_move_with_writes() {
         let put_ok = "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}";
         assert_eq!(moved(put_ok), 2.0, "{kind}");
     }
+}
+
+/// Series whose movement under the same traffic must be the same on both servers.
+const MOVING_ALIKE: &[&str] = &[
+    "etcd_mvcc_put_total",
+    "etcd_mvcc_delete_total",
+    "etcd_mvcc_range_total",
+    "etcd_mvcc_txn_total",
+    "etcd_debugging_mvcc_range_total",
+    "etcd_debugging_mvcc_total_put_size_in_bytes",
+    "etcd_debugging_mvcc_events_total",
+    "etcd_debugging_mvcc_db_compaction_keys_total",
+    "etcd_debugging_mvcc_db_compaction_total_duration_milliseconds_count",
+    "etcd_debugging_mvcc_index_compaction_pause_duration_milliseconds_count",
+    "etcd_debugging_lease_granted_total",
+    "etcd_debugging_lease_renewed_total",
+    "etcd_debugging_lease_revoked_total",
+    "etcd_debugging_lease_ttl_total_count",
+    "etcd_debugging_lease_ttl_total_sum",
+    "etcd_mvcc_hash_duration_seconds_count",
+    "etcd_mvcc_hash_rev_duration_seconds_count",
+    "etcd_disk_backend_defrag_duration_seconds_count",
+    "etcd_disk_backend_snapshot_duration_seconds_count",
+    "etcd_server_apply_duration_seconds_count{op=\"Put\",success=\"true\",version=\"v3\"}",
+    "etcd_server_apply_duration_seconds_count{op=\"Put\",success=\"false\",version=\"v3\"}",
+    "etcd_server_apply_duration_seconds_count{op=\"Txn\",success=\"true\",version=\"v3\"}",
+    "etcd_server_apply_duration_seconds_count{op=\"DeleteRange\",success=\"true\",version=\"v3\"}",
+    "etcd_server_apply_duration_seconds_count{op=\"LeaseGrant\",success=\"true\",version=\"v3\"}",
+    "etcd_server_apply_duration_seconds_count{op=\"LeaseRevoke\",success=\"true\",version=\"v3\"}",
+    "etcd_server_apply_duration_seconds_count{op=\"Compaction\",success=\"true\",version=\"v3\"}",
+    "etcd_server_client_requests_total{client_api_version=\"3.5\",type=\"unary\"}",
+    "etcd_server_client_requests_total{client_api_version=\"unknown\",type=\"stream\"}",
+    "grpc_server_msg_received_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
+    "grpc_server_msg_sent_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
+    "grpc_server_msg_received_total{grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
+    "grpc_server_msg_sent_total{grpc_method=\"Txn\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
+    "grpc_server_msg_received_total{grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"}",
+    "grpc_server_msg_received_total{grpc_method=\"LeaseKeepAlive\",grpc_service=\"etcdserverpb.Lease\",grpc_type=\"bidi_stream\"}",
+    "grpc_server_msg_sent_total{grpc_method=\"LeaseKeepAlive\",grpc_service=\"etcdserverpb.Lease\",grpc_type=\"bidi_stream\"}",
+];
+
+/// Series that must move (by any amount) on both servers under the same traffic.
+const MOVING: &[&str] = &[
+    "etcd_network_client_grpc_received_bytes_total",
+    "etcd_network_client_grpc_sent_bytes_total",
+    "etcd_disk_wal_write_bytes_total",
+    "etcd_disk_wal_write_duration_seconds_count",
+    "etcd_server_client_requests_total{client_api_version=\"unknown\",type=\"unary\"}",
+    "grpc_server_msg_sent_total{grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"}",
+];
+
+/// The same KV, txn, lease, watch, maintenance and compaction calls on a fresh etcd and a fresh
+/// Keel move the families dashboards and alerts read the same way: mvcc counts as etcd's
+/// transactions count them (a put reading its previous value is a range too and makes a txn; a
+/// writing txn's compares are a transaction of their own), applies by op and outcome, leases,
+/// watch events, hashes, defragmentation, snapshots, compaction, client versions from the
+/// `client-api-version` metadata, gRPC messages and bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_etcds_under_the_same_traffic() {
+    let (etcd, keel) = start_pair().await;
+    let mut moves = Vec::new();
+    for server in [&etcd, &keel] {
+        let addr = server.client_addr();
+        let kind = server.kind();
+        let before = metrics_page(&addr).await;
+        let ok = |reply: Reply, what: &str| {
+            assert_eq!(reply.status, 200, "{kind}: {what}: {}", reply.text());
+            reply.json().unwrap()
+        };
+        // foo=a, foo=c reading the previous value, a range, a txn (compare; put bar, range foo),
+        // a put that fails at apply (ignore_value on a missing key), a delete.
+        ok(http::post(&addr, "/v3/kv/put", r#"{"key":"Zm9v","value":"YQ=="}"#).await.unwrap(), "put");
+        ok(http::post(&addr, "/v3/kv/put", r#"{"key":"Zm9v","value":"Yw==","prev_kv":true}"#).await.unwrap(), "put");
+        ok(http::post(&addr, "/v3/kv/range", r#"{"key":"Zm9v"}"#).await.unwrap(), "range");
+        let txn = r#"{"compare":[{"key":"Zm9v","target":"VALUE","result":"EQUAL","value":"Yw=="}],
+            "success":[{"request_put":{"key":"YmFy","value":"eA=="}},{"request_range":{"key":"Zm9v"}}]}"#;
+        ok(http::post(&addr, "/v3/kv/txn", txn).await.unwrap(), "txn");
+        let refused = http::post(&addr, "/v3/kv/put", r#"{"key":"bWlzc2luZw==","ignore_value":true}"#).await.unwrap();
+        assert_eq!(refused.status, 400, "{kind}: {}", refused.text());
+        ok(http::post(&addr, "/v3/kv/deleterange", r#"{"key":"Zm9v"}"#).await.unwrap(), "delete");
+        // A lease granted, kept alive once, revoked.
+        ok(http::post(&addr, "/v3/lease/grant", r#"{"TTL":60,"ID":777}"#).await.unwrap(), "grant");
+        http::stream_lines(&addr, "/v3/lease/keepalive", r#"{"ID":777}"#, 1, || async { Ok(()) }).await.unwrap();
+        ok(http::post(&addr, "/v3/lease/revoke", r#"{"ID":777}"#).await.unwrap(), "revoke");
+        // A watch that sees one put.
+        let watched = || {
+            let addr = addr.clone();
+            async move { http::post(&addr, "/v3/kv/put", r#"{"key":"dw==","value":"MQ=="}"#).await.map(|_| ()) }
+        };
+        let (_, lines) =
+            http::stream_lines(&addr, "/v3/watch", r#"{"create_request":{"key":"dw=="}}"#, 2, watched).await.unwrap();
+        assert_eq!(lines[1]["result"]["events"].as_array().map(Vec::len), Some(1), "{kind}: {lines:?}");
+        // A gRPC client naming its API version, as etcd's clientv3 does.
+        let mut kv = keel::proto::etcdserverpb::kv_client::KvClient::new(server.channel().await.unwrap());
+        let mut range =
+            tonic::Request::new(keel::proto::etcdserverpb::RangeRequest { key: b"bar".to_vec(), ..Default::default() });
+        range.metadata_mut().insert("client-api-version", "3.5".parse().unwrap());
+        let revision = kv.range(range).await.unwrap().into_inner().header.unwrap().revision;
+        // Maintenance: hashes, defragmentation, a snapshot, a physical compaction.
+        ok(http::post(&addr, "/v3/maintenance/hash", "{}").await.unwrap(), "hash");
+        ok(http::post(&addr, "/v3/maintenance/hashkv", "{}").await.unwrap(), "hashkv");
+        ok(http::post(&addr, "/v3/maintenance/defragment", "{}").await.unwrap(), "defragment");
+        assert_eq!(http::post(&addr, "/v3/maintenance/snapshot", "{}").await.unwrap().status, 200, "{kind}");
+        let compact = format!(r#"{{"revision":"{revision}","physical":true}}"#);
+        ok(http::post(&addr, "/v3/kv/compaction", &compact).await.unwrap(), "compaction");
+
+        // A backend snapshot is timed until its stream is done with it, just after the last byte.
+        let snapshot = "etcd_disk_backend_snapshot_duration_seconds_count";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let after = loop {
+            let page = metrics_page(&addr).await;
+            if sample(&page, snapshot) > sample(&before, snapshot) || std::time::Instant::now() > deadline {
+                break page;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let moved = |series: &str| sample(&after, series).unwrap_or(0.0) - sample(&before, series).unwrap_or(0.0);
+        for series in MOVING {
+            assert!(moved(series) > 0.0, "{kind}: {series} did not move");
+        }
+        // Five in the KV calls, one in the gRPC Range, one in the compaction (etcd reads the
+        // revision for its header with a Range).
+        assert_eq!(moved("etcd_mvcc_range_total"), 7.0, "{kind}");
+        assert_eq!(moved("etcd_mvcc_txn_total"), 2.0, "{kind}");
+        assert!(sample(&after, "etcd_debugging_mvcc_db_compaction_last").unwrap_or(0.0) > 0.0, "{kind}");
+        assert_eq!(sample(&after, "etcd_debugging_mvcc_pending_events_total"), Some(0.0), "{kind}");
+        assert_eq!(sample(&after, "etcd_debugging_mvcc_slow_watcher_total"), Some(0.0), "{kind}");
+        assert_eq!(sample(&after, "etcd_disk_defrag_inflight"), Some(0.0), "{kind}");
+        moves.push(MOVING_ALIKE.iter().map(|series| (*series, moved(series))).collect::<Vec<_>>());
+    }
+    let differences: Vec<String> = moves[0]
+        .iter()
+        .zip(&moves[1])
+        .filter(|(e, k)| e != k)
+        .map(|((series, e), (_, k))| format!("{series}: etcd moved {e}, keel {k}"))
+        .collect();
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    // The totals are not all zero: the traffic did reach these families.
+    assert!(moves[0].iter().all(|(_, n)| *n > 0.0), "etcd: {:?}", moves[0]);
 }
 
 /// `--listen-metrics-urls` adds an HTTP listener with `/metrics` and `/health` and nothing else.
