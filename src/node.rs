@@ -112,7 +112,8 @@ impl Node {
         // Asked on every request: look at the membership in place rather than cloning it.
         let watched = self.raft_metrics.borrow_watched();
         let membership = watched.membership_config.membership();
-        let voter = membership.voter_ids().any(|id| id == self.member_id);
+        // Not `voter_ids()`, which collects a set.
+        let voter = membership.get_joint_config().iter().any(|config| config.contains(&self.member_id));
         !voter && membership.get_node(&self.member_id).is_some()
     }
 
@@ -160,7 +161,10 @@ impl Node {
         let leader = if is_leader {
             // etcd's leader steps down (CheckQuorum) once a quorum has not answered for an
             // election timeout; openraft's keeps leading alone. Report it leaderless meanwhile.
-            let alone = m.membership_config.membership().voter_ids().nth(1).is_none();
+            // Read in place: `voter_ids()` collects a set, and this runs on every request.
+            let mut voters = m.membership_config.membership().get_joint_config().iter().flatten();
+            let first = voters.next();
+            let alone = voters.all(|v| Some(v) == first);
             let acked = m.last_quorum_acked.as_ref().is_some_and(|at| openraft::Instant::elapsed(&**at) <= silence);
             m.current_leader.filter(|_| alone || acked)
         } else {
