@@ -233,6 +233,32 @@ async fn probe_range_on(channel: Channel) -> Result<(), String> {
     }
 }
 
+/// Whether process `pid` holds a socket listening on TCP `port` (read from /proc: the listening
+/// sockets' inodes, then the process's descriptors). Where /proc cannot be read, assume it does.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        readable = true;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port =
+                fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|h| u16::from_str_radix(h, 16).ok());
+            if fields.get(3) == Some(&LISTEN) && local_port == Some(port) {
+                if let Some(inode) = fields.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return !readable };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
 /// A command for a server binary that runs in `dir` and appends its stdout and stderr to
 /// `log_path`. Configuration must come from flags only, identically for both servers, so etcd's
 /// `ETCD_*` environment variables are removed.
@@ -637,11 +663,19 @@ impl Server {
                 return Err(format!("no Range answered within {START_TIMEOUT:?}; last error: {last_error}"));
             }
             match self.probe().await {
+                // The port may have been taken by another test's server between our picking it and
+                // our server binding it: then that one answers while ours is still failing to
+                // start, and the test would run against it. Only our own listener counts.
+                Ok(()) if !self.child_listens() => last_error = "another process answered on our port".to_string(),
                 Ok(()) => return Ok(()),
                 Err(e) => last_error = e,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    fn child_listens(&self) -> bool {
+        self.child.as_ref().is_none_or(|child| listens_on(child.id(), self.client_port))
     }
 
     async fn probe(&self) -> Result<(), String> {
@@ -663,5 +697,20 @@ impl Drop for Server {
             let kept = self.keep_dir();
             eprintln!("compat: kept {} dir {}", self.kind, kept.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+
+    /// The readiness check's ownership test: our own listener is found, a port we do not hold is not.
+    #[test]
+    fn a_process_listening_on_a_port_is_told_apart_from_one_that_is_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), port));
+        let other = free_port().unwrap();
+        assert!(!listens_on(std::process::id(), other));
     }
 }
