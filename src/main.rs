@@ -9,8 +9,18 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    keel::runtime::build()?.block_on(serve())
+fn main() -> std::process::ExitCode {
+    let outcome = keel::runtime::build().map_err(anyhow::Error::from).and_then(|runtime| runtime.block_on(serve()));
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A failed start (a port in use, a bad flag, an unreadable data dir) is the operator's to
+        // fix: one line with the whole cause chain, not anyhow's backtrace, which under
+        // RUST_BACKTRACE=1 buried the cause under thirty frames.
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve() -> anyhow::Result<()> {

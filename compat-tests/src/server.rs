@@ -486,8 +486,9 @@ impl Server {
             match server.spawn_and_wait().await {
                 Ok(()) => return Ok(server),
                 Err(err) => {
-                    let port_clash = matches!(&err, HarnessError::StartFailed { tail, .. }
-                        if tail.contains("address already in use") || tail.contains("Address already in use"));
+                    // The whole log, not the tail: an error can be followed by many lines.
+                    let port_clash = matches!(&err, HarnessError::StartFailed { log, .. }
+                        if std::fs::read_to_string(log).is_ok_and(|text| text.to_ascii_lowercase().contains("address already in use")));
                     if !port_clash || attempt >= 3 {
                         return Err(err);
                     }
