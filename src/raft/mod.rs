@@ -61,6 +61,13 @@ pub async fn start(
         max_in_snapshot_log_to_keep: settings.catchup_entries,
         // etcd runs raft with PreVote on.
         enable_pre_vote: Some(true),
+        // A restarted member starts as a follower, as etcd's raft always starts one. openraft would
+        // otherwise let a leader that restarts before anyone else campaigns resume its term without
+        // an election, with the commit index it last wrote down (we persist it lazily, as etcd
+        // does), which can lag what it had acknowledged; its read index then let linearizable reads
+        // miss acknowledged writes (the linearizability test caught one). An election teaches the
+        // member the commit index again.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()
