@@ -215,8 +215,21 @@ pub fn mask_output(output: &CmdOutput, mode: Mask) -> CmdOutput {
     CmdOutput {
         exit_code: output.exit_code,
         stdout: mask_text(&output.stdout, mode),
-        stderr: mask_text(&output.stderr, mode),
+        stderr: log_lines_sorted(&mask_text(&output.stderr, mode)),
     }
+}
+
+/// etcdctl's JSON log lines come from several goroutines (a snapshot download logs "fetching
+/// snapshot" while the stream's reader logs its failure), so their order varies from run to run:
+/// they are compared sorted, ahead of the other lines, which keep their order.
+fn log_lines_sorted(stderr: &str) -> String {
+    let (mut logs, rest): (Vec<&str>, Vec<&str>) = stderr.lines().partition(|l| l.starts_with("{\"level\""));
+    logs.sort_unstable();
+    let mut out = logs.into_iter().chain(rest).collect::<Vec<_>>().join("\n");
+    if stderr.ends_with('\n') {
+        out.push('\n');
+    }
+    out
 }
 
 /// Runs every command of `case` on `server`, returning masked outputs.
