@@ -246,7 +246,7 @@ pub const PEER_RTT_BUCKETS: [f64; 16] = [
 ];
 
 /// What this member exchanged with one other member, by its id (etcd's `To` / `From` labels).
-struct PeerCounters {
+pub struct PeerCounters {
     /// Round trips (`etcd_network_peer_round_trip_time_seconds{To}`). etcd measures them with a
     /// prober; Keel times the raft heartbeats it sends anyway (appends without entries), which
     /// carry no payload and make the peer do no disk work.
@@ -414,7 +414,7 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = PeerCall<S::Future>;
+    type Future = MeteredCall<S::Future, &'static PeerCounters>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -427,36 +427,18 @@ where
             .and_then(|v| u64::from_str_radix(v.to_str().ok()?, 16).ok())
             .and_then(peer);
         let sink = from.map(Sink::PeerReceived);
-        PeerCall { inner: self.inner.call(request.map(|b| Framed::new(b, sink))), from }
+        MeteredCall { inner: self.inner.call(request.map(|b| Framed::new(b, sink))), hook: from }
     }
 }
 
-pin_project_lite::pin_project! {
-    pub struct PeerCall<F> {
-        #[pin]
-        inner: F,
-        from: Option<&'static PeerCounters>,
-    }
-}
-
-impl<F, E> Future for PeerCall<F>
-where
-    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
-{
-    type Output = Result<http::Response<tonic::body::Body>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = match this.inner.poll(cx) {
-            Poll::Ready(Ok(response)) => response,
-            other => return other,
-        };
-        let Some(p) = this.from.take() else { return Poll::Ready(Ok(response)) };
-        // An undecodable message is answered at once, with the status in the headers.
+/// The peer side's look at a response head: an undecodable message is answered at once, with
+/// the status in the headers; the body counts as sent to the peer.
+impl ResponseHook for &'static PeerCounters {
+    fn on_response(self, response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
         if tonic::Status::from_header_map(response.headers()).is_some_and(|s| s.code() == Code::InvalidArgument) {
-            p.received_failures.fetch_add(1, Ordering::Relaxed);
+            self.received_failures.fetch_add(1, Ordering::Relaxed);
         }
-        Poll::Ready(Ok(response.map(|b| tonic::body::Body::new(Framed::new(b, Some(Sink::PeerSent(p)))))))
+        response.map(|b| tonic::body::Body::new(Framed::new(b, Some(Sink::PeerSent(self)))))
     }
 }
 
@@ -988,7 +970,7 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = MeteredCall<S::Future>;
+    type Future = MeteredCall<S::Future, &'static MethodCounters>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -1005,20 +987,26 @@ where
             count_client_request(request.headers().get(CLIENT_API_VERSION), m.streaming);
         }
         let request = request.map(|body| Framed::new(body, method.map(Sink::GrpcReceived)));
-        MeteredCall { inner: self.inner.call(request), method }
+        MeteredCall { inner: self.inner.call(request), hook: method }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The call until its response head arrives (no allocation per call: this is every RPC's path).
-    pub struct MeteredCall<F> {
+    /// A metered call until its response head arrives, when `hook` (if any) sees the head (no
+    /// allocation per call: this is every RPC's path).
+    pub struct MeteredCall<F, H> {
         #[pin]
         inner: F,
-        method: Option<&'static MethodCounters>,
+        hook: Option<H>,
     }
 }
 
-impl<F, E> Future for MeteredCall<F>
+/// What a metering layer does with a call's response head.
+pub trait ResponseHook {
+    fn on_response(self, response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
+}
+
+impl<F, E, H: ResponseHook> Future for MeteredCall<F, H>
 where
     F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
 {
@@ -1026,19 +1014,26 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match this.inner.poll(cx) {
-            Poll::Ready(Ok(response)) => response,
-            other => return other,
-        };
-        let Some(m) = this.method.take() else { return Poll::Ready(Ok(response)) };
+        match this.inner.poll(cx) {
+            Poll::Ready(Ok(response)) => Poll::Ready(Ok(match this.hook.take() {
+                Some(hook) => hook.on_response(response),
+                None => response,
+            })),
+            other => other,
+        }
+    }
+}
+
+impl ResponseHook for &'static MethodCounters {
+    fn on_response(self, response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
         // A trailers-only response (an error before any message) carries its status up front and
         // no message to count.
         if let Some(status) = tonic::Status::from_header_map(response.headers()) {
-            m.handled[(status.code() as usize).min(16)].fetch_add(1, Ordering::Relaxed);
-            return Poll::Ready(Ok(response));
+            self.handled[(status.code() as usize).min(16)].fetch_add(1, Ordering::Relaxed);
+            return response;
         }
         // The body is boxed here instead of by the router further in: one box per call either way.
-        Poll::Ready(Ok(response.map(|b| tonic::body::Body::new(Framed::new(b, Some(Sink::GrpcSent(m)))))))
+        response.map(|b| tonic::body::Body::new(Framed::new(b, Some(Sink::GrpcSent(self)))))
     }
 }
 

@@ -237,8 +237,7 @@ impl Applier {
                         // etcd reads the revision for the header with a Range (of the key
                         // "compaction"), which its mvcc metrics count.
                         crate::metrics::MVCC_RANGE.inc();
-                        let header = Some(ResponseHeader { revision: mvcc.current_revision(), ..Default::default() });
-                        Ok(Response::Compaction(CompactionResponse { header }))
+                        Ok(Response::Compaction(CompactionResponse { header: current_header(&mvcc) }))
                     }
                     Err(e) => client_error(e)?,
                 }
