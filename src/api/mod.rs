@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod coalesce;
 pub mod concurrency;
 pub mod downgrade;
 pub mod election;

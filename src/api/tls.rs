@@ -28,6 +28,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::api::coalesce::Coalesced;
+
 use crate::config::TlsSettings;
 use crate::error::TlsError;
 
@@ -359,7 +361,7 @@ impl AsyncWrite for ClientIo {
 pub fn incoming(
     listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
     endpoint: &'static str,
-) -> ReceiverStream<Result<ClientIo, io::Error>> {
+) -> ReceiverStream<Result<Coalesced<ClientIo>, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     for (listener, acceptor) in listeners {
         tokio::spawn(accept_loop(listener, acceptor, endpoint, tx.clone()));
@@ -371,7 +373,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     endpoint: &'static str,
-    tx: mpsc::Sender<Result<ClientIo, io::Error>>,
+    tx: mpsc::Sender<Result<Coalesced<ClientIo>, io::Error>>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -394,7 +396,7 @@ async fn accept_loop(
         }
         match &acceptor {
             None => {
-                if tx.send(Ok(ClientIo::Plain(stream))).await.is_err() {
+                if tx.send(Ok(Coalesced::new(ClientIo::Plain(stream)))).await.is_err() {
                     return;
                 }
             }
@@ -404,7 +406,7 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(ClientIo::Tls(Box::new(tls)))).await;
+                            let _ = tx.send(Ok(Coalesced::new(ClientIo::Tls(Box::new(tls))))).await;
                         }
                         Ok(Err(e)) => log_rejected(endpoint, remote, &e.to_string()),
                         Err(_) => log_rejected(endpoint, remote, "TLS handshake timed out"),
@@ -598,7 +600,7 @@ mod tests {
         let mut server_side =
             tokio::time::timeout(Duration::from_secs(5), conns.next()).await.unwrap().unwrap().unwrap();
         let info = server_side.connect_info();
-        assert!(matches!(server_side, ClientIo::Tls(_)));
+        assert!(matches!(server_side.get_ref(), ClientIo::Tls(_)));
         // gen-certs.sh names its client "root", which etcd would take as the user.
         assert_eq!(info.common_name.as_deref(), Some("root"));
         assert_eq!(info.tcp.local_addr(), Some(tls_addr));
@@ -618,7 +620,7 @@ mod tests {
         // The plaintext listener hands over plain TCP, without a CN.
         let _plain = TcpStream::connect(plain_addr).await.unwrap();
         let plain = tokio::time::timeout(Duration::from_secs(5), conns.next()).await.unwrap().unwrap().unwrap();
-        assert!(matches!(plain, ClientIo::Plain(_)));
+        assert!(matches!(plain.get_ref(), ClientIo::Plain(_)));
         assert!(plain.connect_info().common_name.is_none());
     }
 }
