@@ -7,6 +7,7 @@
 #   scripts/bench.sh                 # single members, all workloads, 3 rounds
 #   ROUNDS=5 scripts/bench.sh        # more rounds
 #   ENGINES="redb sled" scripts/bench.sh   # which Keel engines to measure (default: both)
+#   ONLY=txn scripts/bench.sh        # only the workloads whose label contains this text
 #   scripts/bench.sh --members 3     # (or BENCH_MEMBERS=3) a three-member Keel next to a three-member
 #                                    # etcd: put, txn-put and both ranges, keel-bench's connections
 #                                    # spread over the members as etcd's benchmark tool does; CPU is
@@ -144,6 +145,7 @@ for _ in $ENGINES; do printf '%s' '---:|---:|---:|---:|---:|'; if_p50 '%s' '---:
 
 for w in "${WORKLOADS[@]}"; do
   label=${w%%|*}; args=${w#*|}
+  case $label in *"${ONLY:-}"*) ;; *) continue ;; esac
   declare -A OPS=() P50=() P99=() CPU=()
   for _ in $(seq 1 "$ROUNDS"); do
     for target in etcd $ENGINES; do

@@ -27,11 +27,40 @@ struct Position {
     membership: StoredMembership,
 }
 
+/// `Position` as postcard bytes, written beside every applied entry. Postcard writes a struct as
+/// its fields' encodings back to back, so the membership's part is kept from one entry to the next
+/// and only the log id is encoded each time: encoding the membership (a map of members and their
+/// URLs) for every entry was a visible share of a three-member write's CPU.
+#[derive(Clone, Default)]
+struct PositionEncoder {
+    position: Position,
+    membership_bytes: Vec<u8>,
+}
+
+impl PositionEncoder {
+    fn new(position: Position) -> io::Result<Self> {
+        let membership_bytes = postcard::to_allocvec(&position.membership).map_err(io_err)?;
+        Ok(PositionEncoder { position, membership_bytes })
+    }
+
+    fn set_membership(&mut self, membership: StoredMembership) -> io::Result<()> {
+        self.membership_bytes = postcard::to_allocvec(&membership).map_err(io_err)?;
+        self.position.membership = membership;
+        Ok(())
+    }
+
+    fn encode(&self) -> io::Result<Vec<u8>> {
+        let mut bytes = postcard::to_allocvec(&self.position.last_applied).map_err(io_err)?;
+        bytes.extend_from_slice(&self.membership_bytes);
+        Ok(bytes)
+    }
+}
+
 #[derive(Clone)]
 pub struct StateMachine {
     applier: Arc<Applier>,
     snapshot_dir: PathBuf,
-    position: Position,
+    position: PositionEncoder,
     /// Serialises writing the snapshot meta file (a built and an installed snapshot can be stored
     /// at the same time) and remembers which log position the stored one covers, so an older one
     /// never replaces a newer.
@@ -49,6 +78,7 @@ impl StateMachine {
             Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err)?,
             None => Position::default(),
         };
+        let position = PositionEncoder::new(position)?;
         let stored = Arc::new(std::sync::Mutex::new(None));
         let machine = StateMachine { applier, snapshot_dir, position, stored };
         let (data_path, meta_path) = machine.snapshot_paths();
@@ -143,7 +173,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.position.last_applied, self.position.membership.clone()))
+        Ok((self.position.position.last_applied, self.position.position.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -151,16 +181,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            self.position.last_applied = Some(entry.log_id);
+            self.position.position.last_applied = Some(entry.log_id);
             let command = match &entry.payload {
                 EntryPayload::Blank => None,
                 EntryPayload::Normal(cmd) => Some(cmd),
                 EntryPayload::Membership(m) => {
-                    self.position.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    self.position.set_membership(StoredMembership::new(Some(entry.log_id), m.clone()))?;
                     None
                 }
             };
-            let position = postcard::to_allocvec(&self.position).map_err(io_err)?;
+            let position = self.position.encode()?;
             self.applier.note_index(entry.log_id.index);
             let result = self.applier.apply(command, position).map_err(io_err)?;
             if let Some(responder) = responder {
@@ -184,9 +214,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let began = std::time::Instant::now();
         let data = snapshot.into_inner();
         self.applier.install(&mut data.as_slice()).map_err(io_err)?;
-        self.position = Position { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        self.position = PositionEncoder::new(Position {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        })?;
         // The imported dump carries the position of the member that built it; record ours.
-        let position = postcard::to_allocvec(&self.position).map_err(io_err)?;
+        let position = self.position.encode()?;
         self.applier.apply(None, position).map_err(io_err)?;
         let syncing = std::time::Instant::now();
         self.applier.engine().sync().map_err(io_err)?;
@@ -202,5 +235,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         }
         self.dump().map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::PeerNode;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The cached membership bytes rely on postcard writing a struct's fields back to back: the
+    /// pieced-together bytes must be exactly the whole position's encoding, and decode to it.
+    #[test]
+    fn pieced_position_is_the_whole_positions_encoding() {
+        let node = |name: &str| PeerNode {
+            name: name.into(),
+            peer_urls: vec![format!("http://127.0.0.1:2380/{name}")],
+            client_urls: vec![format!("http://127.0.0.1:2379/{name}")],
+        };
+        let nodes: BTreeMap<u64, PeerNode> = [(1, node("a")), (2, node("b")), (7, node("learner"))].into();
+        let membership = openraft::Membership::new(vec![BTreeSet::from([1, 2])], nodes).unwrap();
+        let mut encoder = PositionEncoder::new(Position::default()).unwrap();
+        assert_eq!(encoder.encode().unwrap(), postcard::to_allocvec(&Position::default()).unwrap());
+
+        let joined = openraft::testing::log_id::<TypeConfig>(3, 1, 40);
+        encoder.set_membership(StoredMembership::new(Some(joined), membership)).unwrap();
+        for index in [41, 300, 1 << 40] {
+            encoder.position.last_applied = Some(openraft::testing::log_id::<TypeConfig>(3, 1, index));
+            let pieced = encoder.encode().unwrap();
+            assert_eq!(pieced, postcard::to_allocvec(&encoder.position).unwrap());
+            let decoded: Position = postcard::from_bytes(&pieced).unwrap();
+            assert_eq!(decoded.last_applied, encoder.position.last_applied);
+            assert_eq!(decoded.membership, encoder.position.membership);
+        }
     }
 }
