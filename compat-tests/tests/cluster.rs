@@ -477,12 +477,19 @@ async fn learner_joins(kind: ServerKind) {
     };
     assert_eq!(out.exit_code, Some(0), "{kind}: {out:?}");
     let id = added_id(&out);
+    // Caught up means through the entry that added it, not only through the data: the log can
+    // reach a joiner in more than one append, and a member that has applied the puts but not yet
+    // received its own addition does not know it is a learner.
+    let mut added_at = 0;
+    for m in 0..cluster.members.len() {
+        added_at = added_at.max(cluster.status(m).await.expect("status").raft_index);
+    }
     let i = cluster.join(joiner).await.expect("join");
     // A learner serves serializable reads of the replicated data.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(d) = dump(&cluster, i).await {
-            if d.1.len() == 10 {
+        if let (Ok(d), Ok(status)) = (dump(&cluster, i).await, cluster.status(i).await) {
+            if d.1.len() == 10 && status.raft_applied_index >= added_at {
                 break;
             }
         }
