@@ -228,17 +228,6 @@ impl Wal {
     /// Otherwise `submit` only queues, and `done` runs later on whichever thread writes the batch.
     /// After `close`, `done` runs at once, here, with `Closed`.
     pub fn submit(&self, records: Vec<Record>, done: Box<dyn FnOnce(Result<(), WalError>) + Send>) {
-        self.submit_wrapping_inline(records, done, |write| write());
-    }
-
-    /// [`Wal::submit`], with the inline write and sync (only that: queueing alone is not wrapped)
-    /// run inside `wrap`, for callers that must announce a blocking section to their scheduler.
-    pub fn submit_wrapping_inline(
-        &self,
-        records: Vec<Record>,
-        done: Box<dyn FnOnce(Result<(), WalError>) + Send>,
-        wrap: impl FnOnce(&mut dyn FnMut()),
-    ) {
         let mut queue = self.shared.queue();
         if queue.closed {
             drop(queue);
@@ -258,16 +247,7 @@ impl Wal {
             return;
         };
         drop(queue);
-        let mut batch = Some(batch);
-        wrap(&mut || {
-            if let Some(batch) = batch.take() {
-                holding.process(batch);
-            }
-        });
-        // A wrapper that never ran the write leaves the batch to fail here, answered, not lost.
-        if let Some(batch) = batch {
-            holding.process(batch);
-        }
+        holding.process(batch);
     }
 
     /// Submits and blocks until the records are durable.
