@@ -29,7 +29,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::api::coalesce::Coalesced;
-
 use crate::config::TlsSettings;
 use crate::error::TlsError;
 

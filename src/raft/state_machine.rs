@@ -27,6 +27,16 @@ struct Position {
     membership: StoredMembership,
 }
 
+impl Position {
+    /// The position stored beside the data (none yet: the start of the log).
+    fn decode(stored: Option<Vec<u8>>) -> io::Result<Position> {
+        match stored {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err),
+            None => Ok(Position::default()),
+        }
+    }
+}
+
 /// `Position` as postcard bytes, written beside every applied entry. Postcard writes a struct as
 /// its fields' encodings back to back, so the membership's part is kept from one entry to the next
 /// and only the log id is encoded each time: encoding the membership (a map of members and their
@@ -43,14 +53,20 @@ impl PositionEncoder {
         Ok(PositionEncoder { position, membership_bytes })
     }
 
-    fn set_membership(&mut self, membership: StoredMembership) -> io::Result<()> {
-        self.membership_bytes = postcard::to_allocvec(&membership).map_err(io_err)?;
-        self.position.membership = membership;
-        Ok(())
+    /// The position after `log_id` (which changes the membership if it carries one), encoded.
+    fn advance(&mut self, log_id: LogId, membership: Option<StoredMembership>) -> io::Result<Vec<u8>> {
+        self.position.last_applied = Some(log_id);
+        if let Some(membership) = membership {
+            self.membership_bytes = postcard::to_allocvec(&membership).map_err(io_err)?;
+            self.position.membership = membership;
+        }
+        self.encode()
     }
 
     fn encode(&self) -> io::Result<Vec<u8>> {
-        let mut bytes = postcard::to_allocvec(&self.position.last_applied).map_err(io_err)?;
+        // A log id is at most a few varints: one allocation for both parts.
+        let bytes = Vec::with_capacity(32 + self.membership_bytes.len());
+        let mut bytes = postcard::to_extend(&self.position.last_applied, bytes).map_err(io_err)?;
         bytes.extend_from_slice(&self.membership_bytes);
         Ok(bytes)
     }
@@ -74,11 +90,7 @@ fn io_err<E: std::fmt::Display>(e: E) -> io::Error {
 impl StateMachine {
     pub fn open(applier: Arc<Applier>, snapshot_dir: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        let position = match applier.applied_position().map_err(io_err)? {
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err)?,
-            None => Position::default(),
-        };
-        let position = PositionEncoder::new(position)?;
+        let position = PositionEncoder::new(Position::decode(applier.applied_position().map_err(io_err)?)?)?;
         let stored = Arc::new(std::sync::Mutex::new(None));
         let machine = StateMachine { applier, snapshot_dir, position, stored };
         let (data_path, meta_path) = machine.snapshot_paths();
@@ -120,10 +132,7 @@ impl StateMachine {
         // The position read from the exported state itself, not this copy's: apply goes on while
         // the dump is taken, and a snapshot claiming an older position than its data would make
         // the member installing it apply the newer entries twice.
-        let position: Position = match self.applier.export(&mut data).map_err(io_err)? {
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err)?,
-            None => Position::default(),
-        };
+        let position = Position::decode(self.applier.export(&mut data).map_err(io_err)?)?;
         let meta = SnapshotMeta { last_log_id: position.last_applied, last_membership: position.membership };
         // etcd's backend snapshot of a raft snapshot message (it also times the sending).
         crate::metrics::BACKEND_SNAPSHOT.observe(began.elapsed());
@@ -157,10 +166,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// is the snapshot. Its data is dumped when it is asked for (`get_current_snapshot`), at the
     /// position the state has reached by then, which is never behind this one.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let position: Position = match self.applier.applied_position().map_err(io_err)? {
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(io_err)?,
-            None => Position::default(),
-        };
+        let position = Position::decode(self.applier.applied_position().map_err(io_err)?)?;
         self.applier.engine().sync().map_err(io_err)?;
         let meta = SnapshotMeta { last_log_id: position.last_applied, last_membership: position.membership };
         self.store_snapshot(&meta)?;
@@ -173,7 +179,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.position.position.last_applied, self.position.position.membership.clone()))
+        let Position { last_applied, membership } = &self.position.position;
+        Ok((*last_applied, membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -181,16 +188,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            self.position.position.last_applied = Some(entry.log_id);
-            let command = match &entry.payload {
-                EntryPayload::Blank => None,
-                EntryPayload::Normal(cmd) => Some(cmd),
-                EntryPayload::Membership(m) => {
-                    self.position.set_membership(StoredMembership::new(Some(entry.log_id), m.clone()))?;
-                    None
-                }
+            let (command, membership) = match &entry.payload {
+                EntryPayload::Blank => (None, None),
+                EntryPayload::Normal(cmd) => (Some(cmd), None),
+                EntryPayload::Membership(m) => (None, Some(StoredMembership::new(Some(entry.log_id), m.clone()))),
             };
-            let position = self.position.encode()?;
+            let position = self.position.advance(entry.log_id, membership)?;
             self.applier.note_index(entry.log_id.index);
             let result = self.applier.apply(command, position).map_err(io_err)?;
             if let Some(responder) = responder {
@@ -259,10 +262,10 @@ mod tests {
         assert_eq!(encoder.encode().unwrap(), postcard::to_allocvec(&Position::default()).unwrap());
 
         let joined = openraft::testing::log_id::<TypeConfig>(3, 1, 40);
-        encoder.set_membership(StoredMembership::new(Some(joined), membership)).unwrap();
+        let pieced = encoder.advance(joined, Some(StoredMembership::new(Some(joined), membership))).unwrap();
+        assert_eq!(pieced, postcard::to_allocvec(&encoder.position).unwrap());
         for index in [41, 300, 1 << 40] {
-            encoder.position.last_applied = Some(openraft::testing::log_id::<TypeConfig>(3, 1, index));
-            let pieced = encoder.encode().unwrap();
+            let pieced = encoder.advance(openraft::testing::log_id::<TypeConfig>(3, 1, index), None).unwrap();
             assert_eq!(pieced, postcard::to_allocvec(&encoder.position).unwrap());
             let decoded: Position = postcard::from_bytes(&pieced).unwrap();
             assert_eq!(decoded.last_applied, encoder.position.last_applied);
